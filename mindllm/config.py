@@ -1,0 +1,210 @@
+"""Typed configuration: YAML file -> dotted overrides -> validated dataclasses.
+
+Sections follow mindformers (`context`, `parallel`, `model`, `data`, `train`) so a course config reads like a
+production one. Every mistake is reported as one UserError naming the key.
+
+    cfg = load_config("configs/gpt_char_shakespeare.yaml", ["train.max_iters=200", "out_dir=runs/x"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from .errors import UserError
+
+
+def opt(default, *, lo=None, hi=None, lo_open=False, choices=None, doc=""):
+    """A config field with its allowed range; `lo_open` makes the lower bound exclusive (lr > 0)."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "doc": doc})
+
+
+@dataclass
+class ContextConfig:
+    device_target: str = opt("auto", choices=("auto", "CPU", "GPU", "Ascend"), doc="auto picks GPU/Ascend if present")
+    mode: str = opt("graph", choices=("graph", "pynative"), doc="graph compiles the train step with mindspore.jit")
+    num_threads: int = opt(0, lo=0, doc="CPU intra-op threads; 0 keeps MindSpore's default")
+
+
+@dataclass
+class ParallelConfig:
+    parallel_mode: str = opt("stand_alone", choices=("stand_alone", "data_parallel", "semi_auto_parallel",
+                                                     "auto_parallel"))
+    gradients_mean: bool = opt(True)
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = opt(4, lo=1)
+    n_head: int = opt(4, lo=1)
+    n_embd: int = opt(128, lo=1)
+    block_size: int = opt(64, lo=1, doc="context length in tokens")
+    dropout: float = opt(0.0, lo=0.0, hi=0.99)
+    bias: bool = opt(True, doc="biases in Linear and LayerNorm, as GPT-2")
+
+
+@dataclass
+class DataConfig:
+    corpus: str = opt("shakespeare", doc="a registered corpus name or a path to a UTF-8 text file")
+    tokenizer: str = opt("char", choices=("char", "bpe"))
+    vocab_size: int = opt(1024, lo=260, doc="BPE only: target vocabulary size (>= 256 bytes + specials)")
+    val_fraction: float = opt(0.1, lo=0.0, hi=0.5, lo_open=True)
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = opt(2000, lo=0)
+    batch_size: int = opt(12, lo=1)
+    grad_accum: int = opt(1, lo=1, doc="micro-batches per optimizer step")
+    lr: float = opt(1e-3, lo=0.0, lo_open=True)
+    min_lr: float = opt(1e-4, lo=0.0)
+    warmup_iters: int = opt(100, lo=0)
+    lr_decay_iters: int = opt(0, lo=0, doc="end of the cosine decay; 0 means max_iters")
+    weight_decay: float = opt(0.1, lo=0.0)
+    beta1: float = opt(0.9, lo=0.0, hi=0.999999)
+    beta2: float = opt(0.99, lo=0.0, hi=0.999999)
+    grad_clip: float = opt(1.0, lo=0.0, doc="global-norm clipping; 0 disables")
+    amp: str = opt("none", choices=("none", "fp16", "bf16"), doc="mixed precision, GPU/Ascend only")
+    log_interval: int = opt(10, lo=1)
+    eval_interval: int = opt(250, lo=1)
+    eval_iters: int = opt(20, lo=1)
+    ckpt_interval: int = opt(500, lo=1)
+    keep_ckpts: int = opt(2, lo=1)
+    progress: bool = opt(True, doc="tqdm progress bar")
+
+
+@dataclass
+class SampleConfig:
+    prompt: str = opt("\n")
+    max_new_tokens: int = opt(300, lo=0)
+    temperature: float = opt(0.8, lo=0.0)
+    top_k: int = opt(0, lo=0, doc="0 disables")
+    top_p: float = opt(1.0, lo=0.0, hi=1.0, lo_open=True)
+
+
+@dataclass
+class Config:
+    seed: int = opt(1337, lo=0)
+    out_dir: str = opt("runs/gpt_char_shakespeare")
+    resume: bool = opt(False, doc="continue from out_dir/ckpt/latest")
+    context: ContextConfig = field(default_factory=ContextConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _coerce(key: str, value, typ, meta):
+    """Check one leaf value against its declared type and range; return it converted."""
+    if typ is float and isinstance(value, str):
+        try:  # PyYAML reads `1e-3` (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
+    ok = (isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))) or (
+        typ is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise UserError(f"config: {key} must be {_TYPE_NAMES[typ]}, got {value!r}")
+    if typ is float:
+        value = float(value)
+    if meta.get("choices") and value not in meta["choices"]:
+        raise UserError(f"config: {key} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        raise UserError(f"config: {key} must be {'>' if meta.get('lo_open') else '>='} {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise UserError(f"config: {key} must be <= {hi}, got {value}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    """Instantiate dataclass `cls` from a nested dict, rejecting unknown keys and bad values."""
+    if not isinstance(data, dict):
+        raise UserError(f"config: {prefix.rstrip('.') or 'the file'} must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known: {', '.join(fields)}"
+            raise UserError(f"config: unknown key '{prefix}{key}'{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, data[name] if data[name] is not None else {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, data[name], typ, f.metadata)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> Config:
+    """Checks that span several keys."""
+    m = cfg.model
+    if m.n_embd % m.n_head:
+        raise UserError(f"config: model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
+    if cfg.train.min_lr > cfg.train.lr:
+        raise UserError(f"config: train.min_lr ({cfg.train.min_lr}) must not exceed train.lr ({cfg.train.lr})")
+    return cfg
+
+
+def read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"config file '{path}' not found (try one of the files in configs/)")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
+    return data if data is not None else {}
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Apply one `dotted.key=value` override in place; the value is parsed as YAML (true, 3, 0.1, text)."""
+    if "=" not in item:
+        raise UserError(f"override '{item}' must look like key=value, e.g. train.max_iters=200")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise UserError(f"override '{item}' has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override '{item}': '{p}' is a value, not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- YAML file <- overrides, validated. With no file, the defaults are the char-Shakespeare recipe."""
+    data = read_yaml(path) if path else {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of sections (model:, train:, ...)")
+    for item in overrides:
+        apply_override(data, item)
+    return _validate(_build(Config, data))
+
+
+def save_config(cfg: Config, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False, allow_unicode=True)

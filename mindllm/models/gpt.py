@@ -1,0 +1,101 @@
+"""GPT: a GPT-2-style decoder-only Transformer in MindSpore, in reading order (after nanoGPT's model.py).
+
+Parameter names equal Hugging Face GPT-2's state-dict keys (`transformer.h.0.attn.c_attn.weight`, ...), and the
+LM head is tied to the token embedding, as in GPT-2.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from .layers import MLP, CausalSelfAttention, Embedding, LayerNorm
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+
+
+class Block(nn.Cell):
+    """Pre-LN Transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        proj_std = 0.02 / math.sqrt(2 * cfg.n_layer)  # GPT-2: scale residual projections by depth
+        self.ln_1 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.block_size, cfg.dropout, cfg.bias, proj_std)
+        self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias, proj_std)
+
+    def construct(self, x, past=None):
+        a, present = self.attn(self.ln_1(x), past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class Transformer(nn.Cell):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.wte = Embedding(cfg.vocab_size, cfg.n_embd)  # token embedding
+        self.wpe = Embedding(cfg.block_size, cfg.n_embd, std=0.01)  # learned position embedding
+        self.drop = nn.Dropout(p=cfg.dropout)
+        self.h = nn.CellList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = LayerNorm(cfg.n_embd, cfg.bias)
+
+
+class GPT(nn.Cell):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = Transformer(cfg)
+        self.lm_head = ops.MatMul(transpose_b=True)  # logits = h @ wte.T (weights tied)
+
+    def _logits(self, h):
+        B, T, C = h.shape
+        return self.lm_head(h.reshape(B * T, C), self.transformer.wte.weight).reshape(B, T, -1)
+
+    def construct(self, idx):
+        """idx (B, T) int32 -> logits (B, T, vocab)."""
+        x, _ = self.forward_cached(idx)
+        return x
+
+    def forward_cached(self, idx, past=None):
+        """Like construct, but takes/returns the per-layer (k, v) cache so generation can feed one token at a
+        time. `past` is None (prefill) or a list of (k, v) of shape (B*nh, P, hs) from earlier positions."""
+        B, T = idx.shape
+        start = 0 if past is None else past[0][0].shape[1]
+        pos = ops.arange(start, start + T, dtype=ms.int32)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        presents = []
+        for i, block in enumerate(self.transformer.h):
+            x, present = block(x, None if past is None else past[i])
+            presents.append(present)
+        return self._logits(self.transformer.ln_f(x)), presents
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(int(np.prod(p.shape)) for p in self.get_parameters())
+        if non_embedding:
+            n -= int(np.prod(self.transformer.wpe.weight.shape))
+        return n
+
+
+def cross_entropy(logits, targets, ignore_index: int = -100):
+    """Mean negative log-likelihood of `targets` (B, T) under `logits` (B, T, V); `ignore_index` positions
+    (padding, prompt tokens) contribute nothing."""
+    V = logits.shape[-1]
+    logp = ops.log_softmax(logits.reshape(-1, V), -1)
+    t = targets.reshape(-1)
+    keep = (t != ignore_index).astype(logp.dtype)
+    nll = -ops.gather_elements(logp, 1, (t * (t != ignore_index).astype(t.dtype)).reshape(-1, 1)).reshape(-1)
+    return (nll * keep).sum() / ops.maximum(keep.sum(), 1.0)

@@ -1,0 +1,28 @@
+"""Training curves as a PNG: what students look at instead of reading metrics.jsonl."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI, servers, notebooks executed by nbclient
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_metrics(records: list[dict], baselines: dict, path: str) -> None:
+    """Train loss (per log interval) and val loss (per eval) against step, with the context-free baselines."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val_loss" in r]
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, alpha=0.7, label="train loss")
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
+    styles = {"uniform": ":", "unigram": "--"}
+    for name, value in baselines.items():
+        ax.axhline(value, color="gray", ls=styles.get(name, "-."), lw=1, label=f"{name} baseline {value:.2f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

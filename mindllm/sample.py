@@ -1,0 +1,177 @@
+"""Text generation from a trained GPT: decoding strategies and a KV cache.
+
+    python -m mindllm.sample --ckpt runs/gpt_char_shakespeare --prompt "ROMEO:" --max-new-tokens 200
+
+Strategies act on the last position's logits, in this order: repetition penalty, temperature (0 = greedy),
+top-k, top-p (nucleus). With the KV cache each new token costs one position's forward pass instead of the
+whole window's; both paths produce the same tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from .errors import UserError, cli
+
+
+def adjust_logits(logits, history=None, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0):
+    """(B, V) logits -> (B, V) logits after the decoding rules; masked-out tokens get -inf."""
+    logits = np.array(logits, dtype=np.float64)
+    if repetition_penalty != 1.0 and history is not None:  # CTRL: make already-seen tokens less likely
+        for b in range(logits.shape[0]):
+            seen = np.unique(history[b])
+            row = logits[b, seen]
+            logits[b, seen] = np.where(row > 0, row / repetition_penalty, row * repetition_penalty)
+    if temperature > 0:
+        logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    if top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
+        order = np.argsort(-logits, axis=-1)
+        sorted_logits = np.take_along_axis(logits, order, -1)
+        probs = np.exp(sorted_logits - sorted_logits[:, :1])
+        probs /= probs.sum(-1, keepdims=True)
+        drop_sorted = np.cumsum(probs, -1) - probs >= top_p  # tokens after the nucleus is full
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, -1)
+        logits = np.where(drop, -np.inf, logits)
+    return logits
+
+
+def pick(logits, rng, temperature=1.0, **rules):
+    """Choose the next token per row: argmax when temperature == 0, else a draw from the softmax."""
+    logits = adjust_logits(logits, temperature=temperature, **rules)
+    if temperature == 0:
+        return logits.argmax(-1)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.array([rng.choice(p.shape[-1], p=row) for row in p])
+
+
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0,
+             kv_cache=True):
+    """Continue `idx` (B, T) int token ids by `max_new_tokens`; returns (B, T + max_new_tokens).
+
+    The context is the last `block_size` tokens (a sliding window). With the cache, the window is re-encoded
+    only when it slides past block_size, so the result equals the uncached computation token for token.
+    """
+    from mindspore import Tensor
+
+    block = model.config.block_size
+    idx = np.asarray(idx, dtype=np.int32)
+    rng = np.random.default_rng(seed)
+    rules = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    model.set_train(False)
+    past = None
+    for _ in range(max_new_tokens):
+        if not kv_cache:
+            logits = model(Tensor(idx[:, -block:])).asnumpy()[:, -1]
+        elif past is None or past[0][0].shape[1] >= block:  # (re)fill the cache with the current window
+            out, past = model.forward_cached(Tensor(idx[:, -block:]))
+            logits = out.asnumpy()[:, -1]
+        else:  # feed only the newest token
+            out, past = model.forward_cached(Tensor(idx[:, -1:]), past)
+            logits = out.asnumpy()[:, -1]
+        nxt = pick(logits, rng, history=idx, **rules)
+        idx = np.concatenate([idx, nxt[:, None].astype(np.int32)], axis=1)
+    return idx
+
+
+def load_run(path: str):
+    """(model, tokenizer, config) of a training run directory, or of one checkpoint directory in it."""
+    from .checkpoint import latest_checkpoint, load_arrays, read_checkpoint
+    from .config import load_config
+    from .data import load_tokenizer
+    from .models.gpt import GPT, GPTConfig
+
+    if os.path.isfile(os.path.join(path, "state.json")):
+        ckpt, out_dir = path, os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    elif os.path.isdir(path):
+        out_dir, ckpt = path, latest_checkpoint(os.path.join(path, "ckpt"))
+        if ckpt is None:
+            raise UserError(f"'{path}' has no checkpoint yet (no ckpt/latest); train first: "
+                            f"python -m mindllm.train out_dir={path}")
+    else:
+        raise UserError(f"checkpoint '{path}' not found: give a training out_dir or one of its ckpt/step_* dirs")
+    cfg = load_config(os.path.join(out_dir, "config.yaml"))
+    tokenizer = load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
+    m = cfg.model
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=m.block_size, n_layer=m.n_layer,
+                          n_head=m.n_head, n_embd=m.n_embd, dropout=0.0, bias=m.bias))
+    weights, _, _ = read_checkpoint(ckpt)
+    load_arrays(model, weights, ckpt)
+    model.set_train(False)
+    return model, tokenizer, cfg
+
+
+def unescape(text: str) -> str:
+    """Let `--prompt "\\n"` mean a newline from the shell; other characters (Chinese included) pass unchanged."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def complete(model, tokenizer, prompt, max_new_tokens, num_samples=1, notice=print, **kwargs) -> list[str]:
+    """Encode a prompt, crop it to the context with a notice, generate, and decode only the new text."""
+    ids = tokenizer.encode(prompt)
+    block = model.config.block_size
+    if not ids:
+        raise UserError("the prompt is empty; give at least one character, e.g. --prompt '\\n'")
+    if len(ids) > block:
+        notice(f"note: the prompt has {len(ids)} tokens; only the last {block} (model.block_size) are used")
+        ids = ids[-block:]
+    out = generate(model, np.tile(np.array(ids, dtype=np.int32), (num_samples, 1)), max_new_tokens, **kwargs)
+    return [tokenizer.decode(row[len(ids):]) for row in out]
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="python -m mindllm.sample", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt", required=True, help="training out_dir (uses its latest checkpoint) or a ckpt dir")
+    ap.add_argument("--prompt", default="\\n", help="start text; \\n means newline (default: a newline)")
+    ap.add_argument("--max-new-tokens", type=int, default=200)
+    ap.add_argument("--num-samples", type=int, default=1)
+    ap.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    ap.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    ap.add_argument("--repetition-penalty", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-kv-cache", action="store_true", help="recompute the whole window every token")
+    ap.add_argument("--device", default="CPU", help="CPU, GPU, Ascend or auto")
+    return ap
+
+
+@cli
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    checks = [(args.max_new_tokens >= 0, "--max-new-tokens must be >= 0"),
+              (args.num_samples >= 1, "--num-samples must be >= 1"),
+              (args.temperature >= 0, "--temperature must be >= 0 (0 = greedy)"),
+              (args.top_k >= 0, "--top-k must be >= 0"), (0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
+              (args.repetition_penalty > 0, "--repetition-penalty must be > 0")]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    from . import device
+
+    device.setup(device.context_for(args.device), args.seed)
+    model, tokenizer, _ = load_run(args.ckpt)
+    t0 = time.perf_counter()
+    texts = complete(model, tokenizer, unescape(args.prompt), args.max_new_tokens, args.num_samples,
+                     notice=lambda m: print(m, file=sys.stderr), temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                     kv_cache=not args.no_kv_cache)
+    dt = time.perf_counter() - t0
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i + 1}")
+        print(unescape(args.prompt) + text)
+    n = args.max_new_tokens * args.num_samples
+    print(f"[{n} tokens in {dt:.2f} s, {n / max(dt, 1e-9):.0f} tokens/s, "
+          f"KV cache {'off' if args.no_kv_cache else 'on'}]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""`python -m mindllm.train [CONFIG.yaml] [key=value ...]`: the one training loop of the course.
+
+With no arguments it trains a character-level GPT on Shakespeare on the CPU (configs/gpt_char_shakespeare.yaml):
+
+    python -m mindllm.train
+    python -m mindllm.train configs/gpt_char_shakespeare.yaml train.max_iters=200 out_dir=runs/x
+    python -m mindllm.train configs/gpt_char_shakespeare.yaml out_dir=runs/x resume=true
+
+Writes to out_dir: config.yaml (resolved), tokenizer.json, metrics.jsonl, loss.png, summary.json, ckpt/.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from .errors import UserError, cli
+
+HELP = __doc__
+
+
+class Task:
+    """What differs between objectives: the model, where batches come from, and the loss. The loop is shared."""
+
+    def __init__(self, model, loss_fn, train_batches, eval_batches, tokenizer, baselines):
+        self.model, self.loss_fn = model, loss_fn
+        self.train_batches = train_batches  # an object with next(), state(), set_state()
+        self.eval_batches = eval_batches  # {"train": [(x, y), ...], "val": [...]}, fixed across evals
+        self.tokenizer, self.baselines = tokenizer, baselines
+
+
+def unigram_loss(train_ids, val_ids, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) of the val tokens under the train split's add-one-smoothed token frequencies:
+    the loss of a model that ignores context entirely."""
+    counts = np.bincount(np.asarray(train_ids), minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[np.asarray(val_ids)].mean())
+
+
+def causal_lm_task(cfg) -> Task:
+    """GPT causal language modelling on a corpus: predict token t+1 from tokens <= t."""
+    from .data import TokenWindows, load_corpus, load_tokenizer, prepare_tokens, train_tokenizer
+    from .data.dataset import split_text
+    from .models.gpt import GPT, GPTConfig, cross_entropy
+
+    text = load_corpus(cfg.data.corpus)
+    tok_path = os.path.join(cfg.out_dir, "tokenizer.json")
+    if cfg.resume and os.path.exists(tok_path):
+        tokenizer = load_tokenizer(tok_path)  # the exact vocabulary the checkpoint was trained with
+    else:
+        # char: the alphabet of the whole corpus; BPE merges learned from the train split only (no val leak)
+        fit_on = text if cfg.data.tokenizer == "char" else split_text(text, cfg.data.val_fraction)[0]
+        tokenizer = train_tokenizer(cfg.data.tokenizer, fit_on, cfg.data.vocab_size)
+        tokenizer.save(tok_path)
+    splits = prepare_tokens(text, tokenizer, os.path.join(cfg.out_dir, "data"), cfg.data.val_fraction)
+    m, t = cfg.model, cfg.train
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=m.block_size, n_layer=m.n_layer,
+                          n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout, bias=m.bias))
+    train_batches = TokenWindows(splits["train"], m.block_size, t.batch_size, seed=cfg.seed)
+    eval_batches = {}
+    for name in ("train", "val"):  # fixed windows, so successive evals are comparable and cost no train RNG
+        fixed = TokenWindows(splits[name], m.block_size, t.batch_size, seed=cfg.seed + 1)
+        eval_batches[name] = [fixed.next() for _ in range(t.eval_iters)]
+    baselines = {"uniform": math.log(tokenizer.vocab_size),
+                 "unigram": unigram_loss(splits["train"], splits["val"], tokenizer.vocab_size)}
+
+    def loss_fn(x, y):
+        return cross_entropy(model(x), y)
+
+    return Task(model, loss_fn, train_batches, eval_batches, tokenizer, baselines)
+
+
+def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool):
+    """Build the step functions: `step(x, y)` (forward, backward, clip, update in one graph) and, for gradient
+    accumulation, `grads(x, y)` / `accumulate(a, b)` / `apply(grads, scale)`. Each returns the loss or the
+    pre-clip global gradient norm."""
+    import mindspore as ms
+    from mindspore import ops
+
+    grad_fn = ms.value_and_grad(loss_fn, None, optimizer.parameters)
+
+    def clip_and_update(grads):
+        norm = ops.sqrt(ops.addn([ops.reduce_sum(g * g) for g in grads]))
+        if grad_clip > 0:
+            scale = ops.minimum(1.0, grad_clip / (norm + 1e-6))
+            grads = tuple(g * scale for g in grads)
+        optimizer(grads)
+        return norm
+
+    def step(x, y):
+        loss, grads = grad_fn(x, y)
+        return loss, clip_and_update(grads)
+
+    def grads(x, y):
+        return grad_fn(x, y)
+
+    def accumulate(a, b):
+        return tuple(u + v for u, v in zip(a, b))
+
+    def apply(grads, scale):
+        return clip_and_update(tuple(g * scale for g in grads))
+
+    wrap = ms.jit if compile_ else (lambda f: f)
+    return wrap(step), wrap(grads), wrap(accumulate), wrap(apply)
+
+
+class Metrics:
+    """out_dir/metrics.jsonl, one JSON object per logged step; a resumed run first drops records after its
+    checkpoint so the file reads like one uninterrupted run."""
+
+    def __init__(self, path: str, resume_step: int | None):
+        self.path = path
+        kept = []
+        if resume_step is not None and os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                kept = [line for line in fh if line.strip() and json.loads(line)["step"] <= resume_step]
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.writelines(kept)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        with open(self.path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+
+def check_runtime(cfg, target: str) -> None:
+    """Refuse settings this backend cannot honour, with the reason, before any work is done."""
+    if cfg.train.amp != "none" and target == "CPU":
+        raise UserError(f"train.amp={cfg.train.amp} is for GPU/Ascend: on CPU bfloat16 is unsupported and float16 "
+                        f"is slower than float32; use train.amp=none")
+    if cfg.train.amp != "none":
+        raise UserError(f"train.amp={cfg.train.amp} is not implemented yet; use train.amp=none")
+    if cfg.parallel.parallel_mode != "stand_alone":
+        raise UserError(f"parallel.parallel_mode={cfg.parallel.parallel_mode} needs the multi-process launcher, "
+                        f"which is not part of this version yet; use parallel.parallel_mode=stand_alone")
+
+
+def train(cfg, log=print) -> dict:
+    """Run one training job described by a Config. Returns the summary also written to out_dir/summary.json."""
+    from .config import save_config
+    from . import device
+
+    target = device.setup(cfg.context, cfg.seed)
+    check_runtime(cfg, target)
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from .checkpoint import latest_checkpoint, load_arrays, read_checkpoint, save_checkpoint
+    from .optim import build_optimizer, lr_schedule
+    from .plot import plot_metrics
+
+    ckpt_dir = os.path.join(cfg.out_dir, "ckpt")
+    existing = os.path.exists(ckpt_dir) and latest_checkpoint(ckpt_dir)
+    if cfg.resume and not existing:
+        raise UserError(f"resume=true but '{ckpt_dir}' holds no checkpoint; train without resume first")
+    if existing and not cfg.resume:
+        raise UserError(f"'{cfg.out_dir}' already holds a run; continue it with resume=true, or pick a new "
+                        f"out_dir=... (delete the directory to start over)")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+
+    task = causal_lm_task(cfg)
+    model, t = task.model, cfg.train
+    optimizer = build_optimizer(model, t)
+    start = 0
+    if cfg.resume:
+        weights, opt_state, state = read_checkpoint(existing)
+        load_arrays(model, weights, existing)
+        load_arrays(optimizer, opt_state, existing, skip=weights)
+        task.train_batches.set_state(state["data_rng"])
+        start = state["step"]
+        log(f"resumed from {existing} at step {start}")
+    save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
+    metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start if cfg.resume else None)
+
+    n_params = model.num_params()
+    log(f"GPT {n_params / 1e6:.2f}M params | vocab {task.tokenizer.vocab_size} ({cfg.data.tokenizer}) | "
+        f"device {target}, {cfg.context.mode} mode | {t.max_iters} iters x {t.batch_size * t.grad_accum} x "
+        f"{cfg.model.block_size} tokens")
+    step, grads, accumulate, apply = make_steps(task.loss_fn, optimizer, t.grad_clip, cfg.context.mode == "graph")
+    eval_loss = ms.jit(task.loss_fn) if cfg.context.mode == "graph" else task.loss_fn
+    lrs = lr_schedule(t)
+
+    def evaluate() -> dict:
+        model.set_train(False)
+        out = {f"{s}_loss": float(np.mean([eval_loss(Tensor(x), Tensor(y)).asnumpy() for x, y in batches]))
+               for s, batches in task.eval_batches.items()}
+        model.set_train(True)
+        return {"val_loss": out["val_loss"], "train_loss_eval": out["train_loss"]}
+
+    model.set_train(True)
+    if start == 0:  # the untrained model: the baseline every later number is read against
+        metrics.write({"step": 0, "lr": lrs[0], **evaluate()})
+
+    tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size
+    from tqdm import tqdm
+
+    bar = tqdm(range(start, t.max_iters), initial=start, total=t.max_iters, disable=not t.progress,
+               dynamic_ncols=True, file=sys.stderr, desc="train")
+    window_loss, window_t, window_n, last_val = [], time.perf_counter(), 0, None
+    for it in bar:
+        if t.grad_accum == 1:
+            x, y = task.train_batches.next()
+            loss, norm = step(Tensor(x), Tensor(y))
+            loss = float(loss.asnumpy())
+        else:
+            acc, losses = None, []
+            for _ in range(t.grad_accum):
+                x, y = task.train_batches.next()
+                l, g = grads(Tensor(x), Tensor(y))
+                acc = g if acc is None else accumulate(acc, g)
+                losses.append(float(l.asnumpy()))
+            norm = apply(acc, Tensor(1.0 / t.grad_accum, ms.float32))
+            loss = float(np.mean(losses))
+        if not math.isfinite(loss):
+            raise UserError(f"the loss became {loss} at step {it + 1}; lower train.lr or set train.grad_clip "
+                            f"(the last good checkpoint is in {ckpt_dir})")
+        window_loss.append(loss)
+        window_n += 1
+        done = it + 1
+        is_eval = done % t.eval_interval == 0 or done == t.max_iters
+        if done % t.log_interval == 0 or is_eval:
+            dt = time.perf_counter() - window_t
+            record = {"step": done, "loss": float(np.mean(window_loss)), "lr": lrs[it],
+                      "grad_norm": float(norm.asnumpy()), "tokens_per_s": window_n * tokens_per_step / dt}
+            if is_eval:
+                record.update(evaluate())
+                last_val = record["val_loss"]
+            metrics.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}",
+                            **({"val": f"{last_val:.3f}"} if last_val is not None else {}))
+            window_loss, window_t, window_n = [], time.perf_counter(), 0
+        if done % t.ckpt_interval == 0 or done == t.max_iters:
+            save_checkpoint(ckpt_dir, done, model, optimizer, {"data_rng": task.train_batches.state(),
+                                                                "config": cfg.to_dict()}, keep=t.keep_ckpts)
+    bar.close()
+    if t.max_iters == 0 or start >= t.max_iters:
+        save_checkpoint(ckpt_dir, max(start, t.max_iters), model, optimizer,
+                        {"data_rng": task.train_batches.state(), "config": cfg.to_dict()}, keep=t.keep_ckpts)
+
+    records = metrics.read()
+    plot_metrics(records, task.baselines, os.path.join(cfg.out_dir, "loss.png"))
+    evals = [r for r in records if "val_loss" in r]
+    summary = {"steps": t.max_iters, "params": n_params, "vocab_size": task.tokenizer.vocab_size,
+               "val_loss": evals[-1]["val_loss"], "val_perplexity": math.exp(evals[-1]["val_loss"]),
+               "untrained_val_loss": evals[0]["val_loss"] if evals[0]["step"] == 0 else None,
+               "uniform_loss": task.baselines["uniform"], "unigram_val_loss": task.baselines["unigram"],
+               "device": target}
+    with open(os.path.join(cfg.out_dir, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=1)
+    log(report(summary))
+    return summary
+
+
+def report(s: dict) -> str:
+    untrained = f"{s['untrained_val_loss']:.3f}" if s["untrained_val_loss"] is not None else "n/a"
+    return (f"val loss {s['val_loss']:.3f} (perplexity {s['val_perplexity']:.2f}) after {s['steps']} steps | "
+            f"baselines: untrained {untrained}, uniform ln(V) {s['uniform_loss']:.3f}, "
+            f"unigram {s['unigram_val_loss']:.3f}")
+
+
+def parse_args(argv):
+    """[CONFIG.yaml] [key=value ...] -> (config path or None, overrides)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(HELP)
+        sys.exit(0)
+    path = argv[0] if argv and "=" not in argv[0] else None
+    rest = argv[1:] if path else argv
+    for a in rest:
+        if "=" not in a:
+            raise UserError(f"unexpected argument '{a}': give at most one config file, then key=value overrides")
+    return path, rest
+
+
+@cli
+def main(argv=None):
+    from .config import load_config
+
+    argv = sys.argv[1:] if argv is None else argv
+    path, overrides = parse_args(argv)
+    cfg = load_config(path, overrides)
+    summary = train(cfg)
+    if cfg.sample.max_new_tokens:
+        from .sample import complete
+
+        text = complete(*_sampling_model(cfg), cfg.sample.prompt, cfg.sample.max_new_tokens,
+                        temperature=cfg.sample.temperature, top_k=cfg.sample.top_k, top_p=cfg.sample.top_p,
+                        seed=cfg.seed)[0]
+        print(f"--- sample (temperature {cfg.sample.temperature}) ---\n{cfg.sample.prompt}{text}\n---")
+    print(f"outputs in {cfg.out_dir}/: metrics.jsonl, loss.png, ckpt/; sample more with "
+          f"python -m mindllm.sample --ckpt {cfg.out_dir}")
+    return summary
+
+
+def _sampling_model(cfg):
+    from .sample import load_run
+
+    model, tokenizer, _ = load_run(cfg.out_dir)
+    return model, tokenizer
+
+
+if __name__ == "__main__":
+    main()
