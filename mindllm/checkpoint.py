@@ -51,6 +51,12 @@ def named_arrays(cell, skip=()) -> dict:
     return {name: p.asnumpy() for name, p in cell.parameters_and_names() if name not in skip}
 
 
+def optimizer_skip(optimizer, model_names) -> set:
+    """Optimizer entries that are not its state: the model's own weights, and the learning-rate table, which
+    is rebuilt from the config (so a resumed run may extend max_iters)."""
+    return set(model_names) | {n for n, _ in optimizer.parameters_and_names() if n.startswith("learning_rate")}
+
+
 def save_checkpoint(ckpt_dir: str, step: int, model, optimizer, state: dict, keep: int = 2) -> str:
     os.makedirs(ckpt_dir, exist_ok=True)
     name = f"step_{step:07d}"
@@ -60,7 +66,7 @@ def save_checkpoint(ckpt_dir: str, step: int, model, optimizer, state: dict, kee
     model_arrays = named_arrays(model)
     files = {"model.safetensors": model_arrays,
              # the optimizer also lists the model's weights; store only its own state (moments, global_step)
-             "optimizer.safetensors": named_arrays(optimizer, skip=model_arrays)}
+             "optimizer.safetensors": named_arrays(optimizer, skip=optimizer_skip(optimizer, model_arrays))}
     state = dict(state, step=step, files={})
     for fname, arrays in files.items():
         path = os.path.join(tmp, fname)

@@ -105,8 +105,23 @@ class Config:
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
+class Override:
+    """A command-line value: its raw text, and that text read as YAML (`3`, `0.1`, `true`)."""
+
+    def __init__(self, raw: str):
+        self.raw = raw
+        try:
+            self.parsed = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            self.parsed = raw
+
+
 def _coerce(key: str, value, typ, meta):
     """Check one leaf value against its declared type and range; return it converted."""
+    if isinstance(value, Override):  # a string field takes the text as typed (`sample.prompt=ROMEO:`)
+        value = value.raw if typ is str else value.parsed
+    if isinstance(value, dict):
+        raise UserError(f"config: {key} is a value, not a section")
     if typ is float and isinstance(value, str):
         try:  # PyYAML reads `1e-3` (no dot) as a string
             value = float(value)
@@ -131,7 +146,7 @@ def _coerce(key: str, value, typ, meta):
 def _build(cls, data: dict, prefix: str = ""):
     """Instantiate dataclass `cls` from a nested dict, rejecting unknown keys and bad values."""
     if not isinstance(data, dict):
-        raise UserError(f"config: {prefix.rstrip('.') or 'the file'} must be a mapping of keys to values")
+        raise UserError(f"config: {prefix.rstrip('.') or 'the file'} must be a section of keys, not a value")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
@@ -176,23 +191,19 @@ def read_yaml(path: str) -> dict:
 
 
 def apply_override(data: dict, item: str) -> None:
-    """Apply one `dotted.key=value` override in place; the value is parsed as YAML (true, 3, 0.1, text)."""
+    """Apply one `dotted.key=value` override in place; the value's type is settled against the schema."""
     if "=" not in item:
         raise UserError(f"override '{item}' must look like key=value, e.g. train.max_iters=200")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
         raise UserError(f"override '{item}' has an empty key part")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
     node = data
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise UserError(f"override '{item}': '{p}' is a value, not a section")
-    node[parts[-1]] = value
+            raise UserError(f"config: {'.'.join(parts[:i + 1])} is a value, not a section")
+    node[parts[-1]] = Override(raw)
 
 
 def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:

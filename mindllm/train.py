@@ -152,7 +152,7 @@ def train(cfg, log=print) -> dict:
     import mindspore as ms
     from mindspore import Tensor
 
-    from .checkpoint import latest_checkpoint, load_arrays, read_checkpoint, save_checkpoint
+    from .checkpoint import latest_checkpoint, load_arrays, optimizer_skip, read_checkpoint, save_checkpoint
     from .optim import build_optimizer, lr_schedule
     from .plot import plot_metrics
 
@@ -172,7 +172,7 @@ def train(cfg, log=print) -> dict:
     if cfg.resume:
         weights, opt_state, state = read_checkpoint(existing)
         load_arrays(model, weights, existing)
-        load_arrays(optimizer, opt_state, existing, skip=weights)
+        load_arrays(optimizer, opt_state, existing, skip=optimizer_skip(optimizer, weights))
         task.train_batches.set_state(state["data_rng"])
         start = state["step"]
         log(f"resumed from {existing} at step {start}")

@@ -1,0 +1,30 @@
+import os
+
+os.environ.setdefault("GLOG_v", "3")
+
+import pytest  # noqa: E402
+
+from mindllm.config import load_config  # noqa: E402
+from mindllm.data import load_corpus  # noqa: E402
+
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=16", "train.batch_size=4",
+        "train.eval_iters=2", "train.progress=false", "sample.max_new_tokens=0", "context.device_target=CPU"]
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """The first 300k characters of the real Shakespeare corpus, as a text file (fast to tokenize)."""
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare_head.txt"
+    path.write_text(load_corpus("shakespeare")[:300_000], encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, small_corpus):
+    """A tiny GPT config on the small corpus; pass extra key=value overrides."""
+
+    def make(*overrides, out="run"):
+        return load_config(None, TINY + [f"data.corpus={small_corpus}", f"out_dir={tmp_path / out}",
+                                         *overrides])
+
+    return make
