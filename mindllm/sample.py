@@ -53,30 +53,73 @@ def pick(logits, rng, temperature=1.0, **rules):
     return np.array([rng.choice(p.shape[-1], p=row) for row in p])
 
 
+class Decoder:
+    """The model's two forward passes used by generation, compiled once each (graph mode) with static shapes:
+    `window(idx)` on a full block (B, block_size) -> (logits, cache), and `step(tok, cache, pos)` on one new
+    token per row."""
+
+    def __init__(self, model, batch_size: int, compile_: bool = True):
+        import mindspore as ms
+
+        self.model, self.batch_size = model, batch_size
+
+        def window(idx):
+            # on a full (padded) block the per-layer keys/values are exactly a filled static cache
+            return model.forward_cached(idx)
+
+        def step(tok, cache, pos):
+            return model.forward_cached(tok, cache, pos)
+
+        wrap = ms.jit if compile_ else (lambda f: f)
+        self.window, self.step = wrap(window), wrap(step)
+
+
+def decoder_for(model, batch_size: int, compile_: bool) -> Decoder:
+    """One Decoder per (model, batch size, mode), kept on the model, so repeated calls reuse compiled graphs."""
+    cache = model.__dict__.setdefault("_mindllm_decoders", {})
+    key = (batch_size, compile_)
+    if key not in cache:
+        cache[key] = Decoder(model, batch_size, compile_)
+    return cache[key]
+
+
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0,
-             kv_cache=True):
+             kv_cache=True, compile_=True):
     """Continue `idx` (B, T) int token ids by `max_new_tokens`; returns (B, T + max_new_tokens).
 
-    The context is the last `block_size` tokens (a sliding window). With the cache, the window is re-encoded
-    only when it slides past block_size, so the result equals the uncached computation token for token.
+    The context is the last `block_size` tokens (a sliding window). A window shorter than the block is padded
+    at the end, which the causal mask makes harmless, so shapes stay static. With the cache, each new token
+    costs one position's forward pass until the window is full; once it slides, positions shift and the window
+    is re-encoded, so the result equals the uncached computation token for token.
     """
     from mindspore import Tensor
+    import mindspore as ms
 
     block = model.config.block_size
     idx = np.asarray(idx, dtype=np.int32)
+    B = idx.shape[0]
     rng = np.random.default_rng(seed)
     rules = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     model.set_train(False)
-    past = None
+    dec = decoder_for(model, B, compile_)
+
+    def padded_window():
+        win = idx[:, -block:]
+        return Tensor(np.pad(win, ((0, 0), (0, block - win.shape[1])))), win.shape[1]
+
+    cache, pos = None, 0
     for _ in range(max_new_tokens):
         if not kv_cache:
-            logits = model(Tensor(idx[:, -block:])).asnumpy()[:, -1]
-        elif past is None or past[0][0].shape[1] >= block:  # (re)fill the cache with the current window
-            out, past = model.forward_cached(Tensor(idx[:, -block:]))
-            logits = out.asnumpy()[:, -1]
+            x, n = padded_window()
+            logits = dec.window(x)[0].asnumpy()[:, n - 1]
+        elif cache is None or pos >= block:  # (re)encode the current window into a fresh cache
+            x, n = padded_window()
+            out, cache = dec.window(x)
+            logits, pos = out.asnumpy()[:, n - 1], n
         else:  # feed only the newest token
-            out, past = model.forward_cached(Tensor(idx[:, -1:]), past)
-            logits = out.asnumpy()[:, -1]
+            # mutable: the cache and position are data, not constants to specialise (and recompile) the graph on
+            out, cache = dec.step(Tensor(idx[:, -1:]), ms.mutable(cache), ms.mutable(Tensor(pos, ms.int32)))
+            logits, pos = out.asnumpy()[:, 0], pos + 1
         nxt = pick(logits, rng, history=idx, **rules)
         idx = np.concatenate([idx, nxt[:, None].astype(np.int32)], axis=1)
     return idx

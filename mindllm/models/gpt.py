@@ -37,8 +37,8 @@ class Block(nn.Cell):
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
         self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias, proj_std)
 
-    def construct(self, x, past=None):
-        a, present = self.attn(self.ln_1(x), past)
+    def construct(self, x, cache=None, pos=None):
+        a, present = self.attn(self.ln_1(x), cache, pos)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, present
@@ -67,19 +67,20 @@ class GPT(nn.Cell):
 
     def construct(self, idx):
         """idx (B, T) int32 -> logits (B, T, vocab)."""
-        x, _ = self.forward_cached(idx)
-        return x
+        logits, _ = self.forward_cached(idx)
+        return logits
 
-    def forward_cached(self, idx, past=None):
-        """Like construct, but takes/returns the per-layer (k, v) cache so generation can feed one token at a
-        time. `past` is None (prefill) or a list of (k, v) of shape (B*nh, P, hs) from earlier positions."""
+    def forward_cached(self, idx, cache=None, pos=None):
+        """Like construct, with a static KV cache for generation: `cache` is a list of per-layer (k, v) of shape
+        (B*nh, block_size, hs) and `pos` an int32 scalar Tensor, the position of idx's first token. Returns
+        (logits, cache). Without a cache, the returned (k, v) of a full block_size input fill one."""
         B, T = idx.shape
-        start = 0 if past is None else past[0][0].shape[1]
-        pos = ops.arange(start, start + T, dtype=ms.int32)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        start = 0 if pos is None else pos
+        x = self.transformer.drop(self.transformer.wte(idx) +
+                                  self.transformer.wpe(start + ops.arange(T, dtype=ms.int32)))  # (B, T, C)
         presents = []
         for i, block in enumerate(self.transformer.h):
-            x, present = block(x, None if past is None else past[i])
+            x, present = block(x, None if cache is None else cache[i], pos)
             presents.append(present)
         return self._logits(self.transformer.ln_f(x)), presents
 

@@ -91,12 +91,14 @@ class CausalSelfAttention(nn.Cell):
     """Multi-head self-attention where position t attends to positions <= t.
 
     Heads are folded into the batch axis, (B, T, C) -> (B*nh, T, hs), so the two attention products are
-    single 3-D BatchMatMuls. `past` holds keys/values of earlier positions (KV cache) during generation.
+    single 3-D BatchMatMuls. For generation, `cache` is a static KV cache: (k, v) of shape (B*nh, block, hs)
+    plus `pos`, the position of x's first token. The new keys/values are written at pos..pos+T-1 and queries
+    see cached positions <= their own. Shapes never change, so one compiled graph serves every step.
     """
 
     def __init__(self, n_embd, n_head, block_size, dropout=0.0, bias=True, proj_std=0.02):
         super().__init__()
-        self.n_head, self.n_embd = n_head, n_embd
+        self.n_head, self.n_embd, self.block_size = n_head, n_embd, block_size
         self.c_attn = Linear(n_embd, 3 * n_embd, bias)  # q, k, v projections side by side
         self.c_proj = Linear(n_embd, n_embd, bias, std=proj_std)
         self.attn_dropout = nn.Dropout(p=dropout)
@@ -111,17 +113,29 @@ class CausalSelfAttention(nn.Cell):
         hs = self.n_embd // self.n_head
         return x.reshape(B, T, self.n_head, hs).transpose(0, 2, 1, 3).reshape(B * self.n_head, T, hs)
 
-    def construct(self, x, past=None):
+    def construct(self, x, cache=None, pos=None):
         B, T, C = x.shape
         q, k, v = ops.split(self.c_attn(x), C, axis=2)
         q, k, v = (self._split_heads(t, B, T) for t in (q, k, v))  # (B*nh, T, hs)
-        P = 0
-        if past is not None:  # prepend cached keys/values of the P earlier positions
-            P = past[0].shape[1]
-            k = ops.concat((past[0], k), axis=1)
-            v = ops.concat((past[1], v), axis=1)
-        att = self.qk(q, k) * self.scale + self.mask[P:P + T, :P + T]  # (B*nh, T, P+T)
+        if cache is None:
+            mask = self.mask[:T, :T]
+        else:
+            k, v, mask = self._use_cache(cache, k, v, pos, T)
+        att = self.qk(q, k) * self.scale + mask  # (B*nh, T, T) or (B*nh, T, block) with a cache
         att = self.attn_dropout(ops.softmax(att, -1))
         y = self.av(att, v)  # (B*nh, T, hs)
         y = y.reshape(B, self.n_head, T, C // self.n_head).transpose(0, 2, 1, 3).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
+
+    def _use_cache(self, cache, k, v, pos, T):
+        """Write k, v (B*nh, T, hs) into the cache rows pos..pos+T-1; return the full cache and its mask."""
+        slots = ops.arange(self.block_size, dtype=ms.int32)
+        rows = pos + ops.arange(T, dtype=ms.int32)  # absolute positions of the new tokens
+        write = (slots.reshape(1, -1) == rows.reshape(-1, 1)).astype(k.dtype)  # (T, block) one-hot
+        keep = (1.0 - write.sum(0)).reshape(1, -1, 1)
+        place = ops.tile(write.transpose(1, 0).reshape(1, self.block_size, T), (k.shape[0], 1, 1))
+        k = cache[0] * keep + self.av(place, k)  # (B*nh, block, hs)
+        v = cache[1] * keep + self.av(place, v)
+        visible = slots.reshape(1, -1) <= rows.reshape(-1, 1)  # (T, block): keys at or before each query
+        mask = ops.select(visible, ops.zeros_like(write), ops.full_like(write, -1e9))
+        return k, v, mask
