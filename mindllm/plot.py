@@ -19,6 +19,9 @@ def plot_metrics(records: list[dict], baselines: dict, path: str) -> None:
     styles = {"uniform": ":", "unigram": "--"}
     for name, value in baselines.items():
         ax.axhline(value, color="gray", ls=styles.get(name, "-."), lw=1, label=f"{name} baseline {value:.2f}")
+    if val:
+        ax.set_title(f"val loss {val[-1]['val_loss']:.3f} at step {val[-1]['step']} "
+                     f"(untrained {val[0]['val_loss']:.3f})" if val[0]["step"] == 0 else "")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)

@@ -74,29 +74,47 @@ def causal_lm_task(cfg) -> Task:
     return Task(model, loss_fn, train_batches, eval_batches, tokenizer, baselines)
 
 
-def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool):
+def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool, scaler=None):
     """Build the step functions: `step(x, y)` (forward, backward, clip, update in one graph) and, for gradient
-    accumulation, `grads(x, y)` / `accumulate(a, b)` / `apply(grads, scale)`. Each returns the loss or the
-    pre-clip global gradient norm."""
+    accumulation, `grads(x, y)` / `accumulate(a, b)` / `apply(grads, scale)`. `step` returns (loss, pre-clip
+    global gradient norm), `apply` the norm.
+
+    With a `scaler` (fp16 mixed precision) the loss is multiplied by the loss scale before backward so small
+    gradients survive float16; gradients are divided back, and a step whose gradients overflowed is skipped
+    while the scaler lowers its scale (dynamic loss scaling)."""
     import mindspore as ms
     from mindspore import ops
 
-    grad_fn = ms.value_and_grad(loss_fn, None, optimizer.parameters)
+    def scaled_loss(x, y):
+        loss = loss_fn(x, y)
+        return scaler.scale(loss) if scaler is not None else loss
+
+    grad_fn = ms.value_and_grad(scaled_loss, None, optimizer.parameters)
 
     def clip_and_update(grads):
+        finite = True
+        if scaler is not None:
+            grads = scaler.unscale(grads)
+            finite = ms.amp.all_finite(grads)
+            scaler.adjust(finite)
         norm = ops.sqrt(ops.addn([ops.reduce_sum(g * g) for g in grads]))
         if grad_clip > 0:
             scale = ops.minimum(1.0, grad_clip / (norm + 1e-6))
             grads = tuple(g * scale for g in grads)
-        optimizer(grads)
+        if finite:
+            optimizer(grads)
         return norm
+
+    def unscaled(loss):
+        return scaler.unscale(loss) if scaler is not None else loss
 
     def step(x, y):
         loss, grads = grad_fn(x, y)
-        return loss, clip_and_update(grads)
+        return unscaled(loss), clip_and_update(grads)
 
     def grads(x, y):
-        return grad_fn(x, y)
+        loss, g = grad_fn(x, y)
+        return unscaled(loss), g
 
     def accumulate(a, b):
         return tuple(u + v for u, v in zip(a, b))
@@ -135,8 +153,6 @@ def check_runtime(cfg, target: str) -> None:
     if cfg.train.amp != "none" and target == "CPU":
         raise UserError(f"train.amp={cfg.train.amp} is for GPU/Ascend: on CPU bfloat16 is unsupported and float16 "
                         f"is slower than float32; use train.amp=none")
-    if cfg.train.amp != "none":
-        raise UserError(f"train.amp={cfg.train.amp} is not implemented yet; use train.amp=none")
     if cfg.parallel.parallel_mode != "stand_alone":
         raise UserError(f"parallel.parallel_mode={cfg.parallel.parallel_mode} needs the multi-process launcher, "
                         f"which is not part of this version yet; use parallel.parallel_mode=stand_alone")
@@ -179,11 +195,22 @@ def train(cfg, log=print) -> dict:
     save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
     metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start if cfg.resume else None)
 
+    scaler = None
+    if t.amp != "none":  # matmuls in half precision, everything else float32 (see models/layers.py)
+        from .models.layers import set_compute_dtype
+
+        set_compute_dtype(model, ms.float16 if t.amp == "fp16" else ms.bfloat16)
+        if t.amp == "fp16":  # bfloat16 has float32's range and needs no loss scaling
+            scaler = ms.amp.DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=1000)
+            if cfg.resume and "loss_scale" in state:
+                scaler.scale_value.set_data(Tensor(state["loss_scale"], ms.float32))
+
     n_params = model.num_params()
     log(f"GPT {n_params / 1e6:.2f}M params | vocab {task.tokenizer.vocab_size} ({cfg.data.tokenizer}) | "
         f"device {target}, {cfg.context.mode} mode | {t.max_iters} iters x {t.batch_size * t.grad_accum} x "
         f"{cfg.model.block_size} tokens")
-    step, grads, accumulate, apply = make_steps(task.loss_fn, optimizer, t.grad_clip, cfg.context.mode == "graph")
+    step, grads, accumulate, apply = make_steps(task.loss_fn, optimizer, t.grad_clip, cfg.context.mode == "graph",
+                                                scaler)
     eval_loss = ms.jit(task.loss_fn) if cfg.context.mode == "graph" else task.loss_fn
     lrs = lr_schedule(t)
 
@@ -193,6 +220,11 @@ def train(cfg, log=print) -> dict:
                for s, batches in task.eval_batches.items()}
         model.set_train(True)
         return {"val_loss": out["val_loss"], "train_loss_eval": out["train_loss"]}
+
+    def run_state() -> dict:
+        """Everything besides weights and optimizer moments that an exact resume needs."""
+        extra = {"loss_scale": float(scaler.scale_value.asnumpy())} if scaler is not None else {}
+        return {"data_rng": task.train_batches.state(), "config": cfg.to_dict(), **extra}
 
     model.set_train(True)
     if start == 0:  # the untrained model: the baseline every later number is read against
@@ -237,12 +269,10 @@ def train(cfg, log=print) -> dict:
                             **({"val": f"{last_val:.3f}"} if last_val is not None else {}))
             window_loss, window_t, window_n = [], time.perf_counter(), 0
         if done % t.ckpt_interval == 0 or done == t.max_iters:
-            save_checkpoint(ckpt_dir, done, model, optimizer, {"data_rng": task.train_batches.state(),
-                                                                "config": cfg.to_dict()}, keep=t.keep_ckpts)
+            save_checkpoint(ckpt_dir, done, model, optimizer, run_state(), keep=t.keep_ckpts)
     bar.close()
     if t.max_iters == 0 or start >= t.max_iters:
-        save_checkpoint(ckpt_dir, max(start, t.max_iters), model, optimizer,
-                        {"data_rng": task.train_batches.state(), "config": cfg.to_dict()}, keep=t.keep_ckpts)
+        save_checkpoint(ckpt_dir, max(start, t.max_iters), model, optimizer, run_state(), keep=t.keep_ckpts)
 
     records = metrics.read()
     plot_metrics(records, task.baselines, os.path.join(cfg.out_dir, "loss.png"))

@@ -12,7 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .layers import MLP, CausalSelfAttention, Embedding, LayerNorm
+from .layers import MLP, CausalSelfAttention, Embedding, LayerNorm, mm_dtype
 
 
 @dataclass
@@ -60,10 +60,12 @@ class GPT(nn.Cell):
         self.config = cfg
         self.transformer = Transformer(cfg)
         self.lm_head = ops.MatMul(transpose_b=True)  # logits = h @ wte.T (weights tied)
+        self.compute_dtype = ms.float32
 
     def _logits(self, h):
         B, T, C = h.shape
-        return self.lm_head(h.reshape(B * T, C), self.transformer.wte.weight).reshape(B, T, -1)
+        a, w = mm_dtype(self, h.reshape(B * T, C), self.transformer.wte.weight)
+        return self.lm_head(a, w).astype(h.dtype).reshape(B, T, -1)
 
     def construct(self, idx):
         """idx (B, T) int32 -> logits (B, T, vocab)."""

@@ -13,6 +13,21 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 
+def mm_dtype(cell, *xs):
+    """Cast matmul inputs to the cell's compute dtype (float16/bfloat16 under mixed precision). Weights and
+    everything outside matmuls (LayerNorm, softmax, residual sums, the loss) stay float32."""
+    if cell.compute_dtype == ms.float32:
+        return xs
+    return tuple(x.astype(cell.compute_dtype) for x in xs)
+
+
+def set_compute_dtype(model, dtype) -> None:
+    """Mixed precision: run every matmul of `model` in `dtype` (results return to float32)."""
+    for _, cell in model.cells_and_names():
+        if hasattr(cell, "compute_dtype"):
+            cell.compute_dtype = dtype
+
+
 def _normal(shape, std, rng=None):
     rng = rng or np.random
     return Parameter(Tensor(rng.normal(0.0, std, size=shape).astype(np.float32)))
@@ -30,10 +45,12 @@ class Linear(nn.Cell):
         self.weight = _normal((n_in, n_out), std)
         self.bias = _const((n_out,), 0.0) if bias else None
         self.matmul = ops.MatMul()
+        self.compute_dtype = ms.float32
 
     def construct(self, x):
         shape = x.shape
-        y = self.matmul(x.reshape(-1, shape[-1]), self.weight)  # 2-D matmul: fastest kernel on CPU
+        a, w = mm_dtype(self, x.reshape(-1, shape[-1]), self.weight)
+        y = self.matmul(a, w).astype(x.dtype)  # 2-D matmul: fastest kernel on CPU
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(shape[:-1] + (y.shape[-1],))
@@ -108,6 +125,7 @@ class CausalSelfAttention(nn.Cell):
         self.scale = 1.0 / math.sqrt(n_embd // n_head)
         self.qk = ops.BatchMatMul(transpose_b=True)
         self.av = ops.BatchMatMul()
+        self.compute_dtype = ms.float32
 
     def _split_heads(self, x, B, T):
         hs = self.n_embd // self.n_head
@@ -121,9 +139,9 @@ class CausalSelfAttention(nn.Cell):
             mask = self.mask[:T, :T]
         else:
             k, v, mask = self._use_cache(cache, k, v, pos, T)
-        att = self.qk(q, k) * self.scale + mask  # (B*nh, T, T) or (B*nh, T, block) with a cache
+        att = self.qk(*mm_dtype(self, q, k)).astype(x.dtype) * self.scale + mask  # (B*nh, T, T|block)
         att = self.attn_dropout(ops.softmax(att, -1))
-        y = self.av(att, v)  # (B*nh, T, hs)
+        y = self.av(*mm_dtype(self, att, v)).astype(x.dtype)  # (B*nh, T, hs)
         y = y.reshape(B, self.n_head, T, C // self.n_head).transpose(0, 2, 1, 3).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
