@@ -56,3 +56,14 @@ def test_temperature_sampling_follows_the_distribution():
     draws = [int(pick(logits, rng, temperature=1.0)[0]) for _ in range(4000)]
     freq = np.bincount(draws, minlength=3) / len(draws)
     np.testing.assert_allclose(freq, [0.7, 0.2, 0.1], atol=0.03)
+
+
+def test_long_prompt_is_cropped_with_a_notice(model):
+    from mindllm.data import CharTokenizer
+    from mindllm.sample import complete
+
+    tok = CharTokenizer([chr(ord("a") + i) for i in range(CFG.vocab_size)])
+    notes = []
+    out = complete(model, tok, "abc" * 10, 4, notice=notes.append, temperature=0.0)
+    assert len(out) == 1 and len(out[0]) == 4
+    assert notes == [f"note: the prompt has 30 tokens; only the last {CFG.block_size} (model.block_size) are used"]
