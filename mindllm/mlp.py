@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Tensor, nn, ops
 
 from .errors import UserError
+from .models.layers import Linear
 
 ACTIVATIONS = {"sigmoid": ops.sigmoid, "tanh": ops.tanh, "relu": ops.relu}
 INITS = ("default", "small", "xavier", "he", "large")
@@ -32,18 +33,6 @@ def init_std(init: str, fan_in: int, fan_out: int) -> float:
             "he": np.sqrt(2.0 / fan_in)}[init]  # keeps it for ReLU, which zeroes half the inputs
 
 
-class Dense(nn.Cell):
-    """y = x @ weight + bias, weight (in, out), as in the week-1 network."""
-
-    def __init__(self, n_in, n_out, std, rng):
-        super().__init__()
-        self.weight = Parameter(Tensor(rng.normal(0, std, (n_in, n_out)).astype(np.float32)))
-        self.bias = Parameter(Tensor(np.zeros(n_out, np.float32)))
-
-    def construct(self, x):
-        return ops.matmul(x, self.weight) + self.bias
-
-
 class MLP(nn.Cell):
     """Linear -> [norm] -> activation -> [dropout], per hidden layer, then a linear output layer (logits)."""
 
@@ -54,7 +43,7 @@ class MLP(nn.Cell):
         _choice("norm", norm, NORMS)
         rng = np.random.default_rng(seed)
         sizes = [n_in, *hidden, n_out]
-        self.layers = nn.CellList([Dense(a, b, init_std(init, a, b), rng) for a, b in zip(sizes, sizes[1:])])
+        self.layers = nn.CellList([Linear(a, b, std=init_std(init, a, b), rng=rng) for a, b in zip(sizes, sizes[1:])])
         norm_cls = {"layer": lambda n: nn.LayerNorm((n,)), "batch": lambda n: nn.BatchNorm1d(n)}.get(norm)
         self.norms = nn.CellList([norm_cls(n) for n in hidden]) if norm_cls else None
         self.act = ACTIVATIONS[activation]

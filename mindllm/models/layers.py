@@ -40,9 +40,9 @@ def _const(shape, value):
 class Linear(nn.Cell):
     """y = x @ weight + bias, weight of shape (in, out) as GPT-2's Conv1D."""
 
-    def __init__(self, n_in, n_out, bias=True, std=0.02):
+    def __init__(self, n_in, n_out, bias=True, std=0.02, rng=None):
         super().__init__()
-        self.weight = _normal((n_in, n_out), std)
+        self.weight = _normal((n_in, n_out), std, rng)
         self.bias = _const((n_out,), 0.0) if bias else None
         self.matmul = ops.MatMul()
         self.compute_dtype = ms.float32
