@@ -250,7 +250,7 @@ def train(cfg, log=print) -> dict:
                 losses.append(float(l.asnumpy()))
             norm = apply(acc, Tensor(1.0 / t.grad_accum, ms.float32))
             loss = float(np.mean(losses))
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) and scaler is None:  # with fp16 loss scaling an overflow just skips a step
             raise UserError(f"the loss became {loss} at step {it + 1}; lower train.lr or set train.grad_clip "
                             f"(the last good checkpoint is in {ckpt_dir})")
         window_loss.append(loss)
