@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import nn, ops
 
 from .layers import MLP, CausalSelfAttention, Embedding, LayerNorm, mm_dtype
 
