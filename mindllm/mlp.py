@@ -58,16 +58,12 @@ class MLP(nn.Cell):
         return self.layers[-1](x)
 
 
-def cross_entropy(logits, labels):
-    return ops.cross_entropy(logits, labels)
-
-
 def layer_grad_norms(model: MLP, x, y) -> list[float]:
     """||dLoss/dW|| for each layer's weight matrix, input layer first: where gradients vanish or explode."""
     weights = [layer.weight for layer in model.layers]
 
     def loss_fn(x, y):
-        return cross_entropy(model(x), y)
+        return ops.cross_entropy(model(x), y)
 
     model.set_train(False)
     _, grads = ms.value_and_grad(loss_fn, None, weights)(Tensor(x, ms.float32), Tensor(y, ms.int32))
@@ -106,7 +102,7 @@ def make_optimizer(name: str, params, lr: float):
 def evaluate(model: MLP, x, y) -> tuple[float, float]:
     model.set_train(False)
     logits = model(Tensor(x, ms.float32))
-    loss = float(cross_entropy(logits, Tensor(y, ms.int32)).asnumpy())
+    loss = float(ops.cross_entropy(logits, Tensor(y, ms.int32)).asnumpy())
     return loss, float((logits.asnumpy().argmax(-1) == y).mean())
 
 
@@ -120,7 +116,7 @@ def fit(model: MLP, data: dict, optimizer: str = "adam", lr: float = 1e-3, epoch
     opt = make_optimizer(optimizer, model.trainable_params(), lr)
 
     def loss_fn(x, y):
-        return cross_entropy(model(x), y)
+        return ops.cross_entropy(model(x), y)
 
     grad_fn = ms.value_and_grad(loss_fn, None, opt.parameters)
 
