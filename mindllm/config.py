@@ -49,9 +49,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = opt("shakespeare", doc="a registered corpus name or a path to a UTF-8 text file")
-    tokenizer: str = opt("char", choices=("char", "bpe"))
-    vocab_size: int = opt(1024, lo=260, doc="BPE only: target vocabulary size (>= 256 bytes + specials)")
+    corpus: str = opt("shakespeare", doc="shakespeare | peoples_daily | a path to a UTF-8 text file")
+    tokenizer: str = opt("char", choices=("char", "bpe", "hf_bpe", "gpt2"),
+                         doc="bpe = mindllm's own byte-level BPE; hf_bpe = Hugging Face tokenizers'; gpt2 = the real "
+                             "GPT-2 vocabulary")
+    vocab_size: int = opt(1024, lo=257, doc="bpe/hf_bpe only: vocabulary size (>= 256 bytes + <|endoftext|>)")
     val_fraction: float = opt(0.1, lo=0.0, hi=0.5, lo_open=True)
 
 

@@ -92,3 +92,10 @@ def test_windows_shift_and_resume_state():
         assert (a == c).all() and (b == d).all()
     with pytest.raises(UserError, match="fewer than model.block_size"):
         TokenWindows(tokens[:8], block_size=8, batch_size=1, seed=0)
+
+
+def test_peoples_daily_corpus_has_its_tags_stripped():
+    text = load_corpus("peoples_daily")
+    assert len(text) == 1_861_141 and text.count("\n") == 19_484
+    assert text.startswith("迈向充满希望的新世纪——一九九八年新年讲话（附图片１张）\n")
+    assert "/v" not in text and "/n" not in text
