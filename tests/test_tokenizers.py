@@ -33,6 +33,39 @@ def test_merges_on_a_toy_text_match_the_hand_worked_example():
     assert tok.encode("aaabdaaabac") == [258, ord("d"), 258, a, ord("c")]
 
 
+def test_fast_training_equals_the_naive_merge_loop():
+    """The trainer updates only the pairs next to each merge; re-counting everything after every merge (the
+    textbook loop, written here independently) must learn exactly the same merges, on English and Chinese."""
+    import regex
+
+    from mindllm.data.bpe import GPT2_SPLIT
+
+    text = load_corpus("shakespeare")[:3000] + load_corpus("peoples_daily")[:1500]
+    words = [list(c.encode("utf-8")) for c in regex.findall(GPT2_SPLIT, text)]
+    naive = []
+    for new_id in range(256, 256 + 200):
+        counts = {}
+        for w in words:
+            for p in zip(w, w[1:]):
+                counts[p] = counts.get(p, 0) + 1
+        best = max(counts, key=lambda p: (counts[p], -p[0], -p[1]))
+        if counts[best] < 2:
+            break
+        naive.append(best)
+        for k, w in enumerate(words):
+            out, i = [], 0
+            while i < len(w):
+                if w[i:i + 2] == list(best):
+                    out.append(new_id)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            words[k] = out
+    fast = BPETokenizer.train(text, 256 + 200, special_tokens=())
+    assert list(fast.merges) == naive and len(naive) == 200
+
+
 def test_merges_never_cross_the_pre_tokenizer_split():
     tok = BPETokenizer.train("the cat the cat the cat", vocab_size=300, special_tokens=())
     assert all(b" " not in v[1:] for v in tok.vocab)  # a space only ever starts a token (' cat', never 't c')

@@ -118,3 +118,14 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tiny_cfg, tmp_path):
     a, b = weights(full.out_dir), weights(victim.out_dir)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("kind,vocab", [("bpe", 300), ("hf_bpe", 300), ("gpt2", 50257)])
+def test_every_language_model_tokenizer_trains_and_reloads(tiny_cfg, kind, vocab):
+    from mindllm.sample import load_run
+
+    cfg = tiny_cfg(f"data.tokenizer={kind}", "data.vocab_size=300", "train.max_iters=4", "train.eval_interval=4")
+    s = train(cfg, log=lambda *_: None)
+    assert s["vocab_size"] == vocab and abs(s["untrained_val_loss"] - math.log(vocab)) < 0.15
+    _, tok, _ = load_run(cfg.out_dir)
+    assert tok.vocab_size == vocab and tok.decode(tok.encode("Thou art, 汝是.")) == "Thou art, 汝是."

@@ -11,6 +11,7 @@ The same class loads the real GPT-2 vocabulary (`gpt2()`), whose merges are reco
 from __future__ import annotations
 
 import base64
+import heapq
 import json
 from collections import Counter, defaultdict
 
@@ -81,29 +82,52 @@ class BPETokenizer:
             pair_counts(ids, stats, f)
             for pair in zip(ids, ids[1:]):
                 where[pair].add(w)
+        # The most frequent pair is the top of a heap of (-count, pair); ties go to the smaller pair. An entry whose
+        # count is out of date is skipped when it surfaces (re-scanning all pairs every merge is what makes naive
+        # BPE slow: Chinese text has hundreds of thousands of distinct byte pairs).
+        heap = [(-c, p) for p, c in stats.items()]
+        heapq.heapify(heap)
         vocab = [bytes([b]) for b in range(256)]
         merges = {}
-        for new_id in range(256, 256 + n_merges):
-            if not stats:
+        while len(merges) < n_merges and heap:
+            count, pair = heapq.heappop(heap)
+            if -count != stats.get(pair, 0):
+                continue  # stale
+            if -count < min_frequency:
                 break
-            pair = max(stats, key=lambda p: (stats[p], -p[0], -p[1]))
-            if stats[pair] < min_frequency:
-                break
+            new_id = len(vocab)
             merges[pair] = new_id
             vocab.append(vocab[pair[0]] + vocab[pair[1]])
             if verbose:
                 print(f"merge {new_id - 255}: {vocab[pair[0]]!r} + {vocab[pair[1]]!r} -> {vocab[-1]!r} "
-                      f"({stats[pair]} times)")
-            # Only words that contain the pair change: take their old pairs out, merge, put the new pairs in.
+                      f"({-count} times)")
+            # Only words that contain the pair change, and in them only the pairs next to each merge site:
+            # (x, a) becomes (x, new) and (b, y) becomes (new, y). Re-counting whole words would be the slow part.
+            touched = set()
             for w in where.pop(pair):
-                ids, f = words[w], freq[w]
-                pair_counts(ids, stats, -f)
-                words[w] = ids = merge(ids, pair, new_id)
-                pair_counts(ids, stats, f)
-                for p in zip(ids, ids[1:]):
-                    where[p].add(w)
-            for p in [p for p, c in stats.items() if c <= 0]:
-                del stats[p]
+                ids, f, out, i = words[w], freq[w], [], 0
+                while i < len(ids):
+                    if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+                        changed = []
+                        if out:
+                            changed += [((out[-1], pair[0]), -f), ((out[-1], new_id), f)]
+                        if i + 2 < len(ids):
+                            changed += [((pair[1], ids[i + 2]), -f), ((new_id, ids[i + 2]), f)]
+                        for p, d in changed:
+                            stats[p] += d
+                            touched.add(p)
+                            if d > 0:
+                                where[p].add(w)
+                        stats[pair] -= f
+                        out.append(new_id)
+                        i += 2
+                    else:
+                        out.append(ids[i])
+                        i += 1
+                words[w] = out
+            for p in touched:
+                if stats[p] > 0:
+                    heapq.heappush(heap, (-stats[p], p))
         special = {s: len(vocab) + i for i, s in enumerate(special_tokens)}
         return cls(vocab, merges, special, pattern)
 
