@@ -148,6 +148,8 @@ def test_bert_wordpiece_ids_match_the_bert_vocab():
         assert row[mask == 1].tolist() == ref(text)["input_ids"]
     assert got["input_ids"][0].tolist()[:5] == [101, 7592, 2088, 999, 102]  # [CLS] hello world ! [SEP]
     assert tok.tokens("unaffable") == ["una", "##ffa", "##ble"]
+    long = "word " * 300  # the shipped tokenizer.json pads and truncates at 128; plain encode must not
+    assert tok.encode(long) == [2773] * 300 and tok.encode("hello") == [7592]
 
 
 def test_padding_truncation_masks_and_segments():

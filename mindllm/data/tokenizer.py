@@ -62,6 +62,10 @@ class HFTokenizer:
     kind = "hf"
 
     def __init__(self, tok):
+        # A saved tokenizer.json may carry padding/truncation settings (MiniLM's pads and cuts at 128): plain
+        # `encode` must see the whole text, and `batch` sets them per call.
+        tok.no_padding()
+        tok.no_truncation()
         self.tok = tok
 
     @classmethod
