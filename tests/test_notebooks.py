@@ -44,3 +44,15 @@ def test_executes_top_to_bottom(path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": os.path.dirname(path)}}).execute()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=names(NOTEBOOKS))
+def test_every_notebook_has_a_lesson_plan_and_solutions(path):
+    week = os.path.basename(path)[:2]
+    plan = os.path.join(ROOT, "lessons", f"week{week}.md")
+    assert os.path.isfile(plan) and os.path.isfile(os.path.join(ROOT, "lessons", "solutions", f"week{week}.md"))
+    text = open(plan, encoding="utf-8").read()
+    for part in ("## Learning objectives", "## Outline (90 minutes)", "## Key formulas", "## Terms (术语)",
+                 "## Exercises", "## Further reading", os.path.basename(path)):
+        assert part in text, f"{plan} lacks {part}"
+    assert f"`{os.path.basename(path)}`" in open(os.path.join(ROOT, "lessons", "README.md"), encoding="utf-8").read()
