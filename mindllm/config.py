@@ -39,17 +39,24 @@ class ParallelConfig:
 
 @dataclass
 class ModelConfig:
-    n_layer: int = opt(4, lo=1)
+    arch: str = opt("gpt", choices=("gpt", "transformer"),
+                    doc="gpt: decoder-only causal LM; transformer: encoder-decoder for data.corpus=dates")
+    n_layer: int = opt(4, lo=1, doc="transformer: encoder layers = decoder layers")
     n_head: int = opt(4, lo=1)
     n_embd: int = opt(128, lo=1)
     block_size: int = opt(64, lo=1, doc="context length in tokens")
     dropout: float = opt(0.0, lo=0.0, hi=0.99)
     bias: bool = opt(True, doc="biases in Linear and LayerNorm, as GPT-2")
+    ffn_dim: int = opt(512, lo=1, doc="transformer only: feed-forward hidden size")
+    norm_first: bool = opt(True, doc="transformer only: pre-LN (true) or the original post-LN (false)")
+    positions: str = opt("sinusoidal", choices=("sinusoidal", "learned"), doc="transformer only")
 
 
 @dataclass
 class DataConfig:
-    corpus: str = opt("shakespeare", doc="shakespeare | peoples_daily | a path to a UTF-8 text file")
+    corpus: str = opt("shakespeare", doc="shakespeare | peoples_daily | a path to a UTF-8 text file; "
+                                         "dates (the seq2seq task) with model.arch=transformer")
+    train_examples: int = opt(50000, lo=1, doc="dates only: generated training pairs")
     tokenizer: str = opt("char", choices=("char", "bpe", "hf_bpe", "gpt2"),
                          doc="bpe = mindllm's own byte-level BPE; hf_bpe = Hugging Face tokenizers'; gpt2 = the real "
                              "GPT-2 vocabulary")
@@ -70,6 +77,7 @@ class TrainConfig:
     beta1: float = opt(0.9, lo=0.0, hi=0.999999)
     beta2: float = opt(0.99, lo=0.0, hi=0.999999)
     grad_clip: float = opt(1.0, lo=0.0, doc="global-norm clipping; 0 disables")
+    label_smoothing: float = opt(0.0, lo=0.0, hi=0.5, doc="transformer only")
     amp: str = opt("none", choices=("none", "fp16", "bf16"), doc="mixed precision, GPU/Ascend only")
     log_interval: int = opt(10, lo=1)
     eval_interval: int = opt(250, lo=1)

@@ -24,13 +24,18 @@ HELP = __doc__
 
 
 class Task:
-    """What differs between objectives: the model, where batches come from, and the loss. The loop is shared."""
+    """What differs between objectives: the model, where batches come from, and the loss. The loop is shared.
 
-    def __init__(self, model, loss_fn, train_batches, eval_batches, tokenizer, baselines):
+    A batch is a tuple of arrays and `loss_fn(*batch)` its loss; `final_eval(model)` (optional) adds
+    task metrics such as test accuracy to the summary."""
+
+    def __init__(self, model, loss_fn, train_batches, eval_batches, tokenizer, baselines, tokens_per_batch,
+                 final_eval=None):
         self.model, self.loss_fn = model, loss_fn
         self.train_batches = train_batches  # an object with next(), state(), set_state()
-        self.eval_batches = eval_batches  # {"train": [(x, y), ...], "val": [...]}, fixed across evals
+        self.eval_batches = eval_batches  # {"train": [batch, ...], "val": [...]}, fixed across evals
         self.tokenizer, self.baselines = tokenizer, baselines
+        self.tokens_per_batch, self.final_eval = tokens_per_batch, final_eval
 
 
 def unigram_loss(train_ids, val_ids, vocab_size: int) -> float:
@@ -71,7 +76,61 @@ def causal_lm_task(cfg) -> Task:
     def loss_fn(x, y):
         return cross_entropy(model(x), y)
 
-    return Task(model, loss_fn, train_batches, eval_batches, tokenizer, baselines)
+    return Task(model, loss_fn, train_batches, eval_batches, tokenizer, baselines, t.batch_size * m.block_size)
+
+
+def dates_task(cfg) -> Task:
+    """Encoder–decoder Transformer on date normalisation ('the 3rd of March, 2021' -> '2021-03-03'); the final
+    evaluation decodes the held-out test dates greedily: exact match and character BLEU."""
+    from collections import Counter
+
+    from .data.dataset import RowBatches
+    from .data.dates import CharVocab, all_characters, date_pairs, encode_pairs
+    from .models.layers import cross_entropy
+    from .models.transformer import Seq2SeqTransformer, TransformerConfig
+
+    if cfg.data.corpus != "dates":
+        raise UserError(f"model.arch=transformer trains the seq2seq task data.corpus=dates, not "
+                        f"'{cfg.data.corpus}'")
+    m, t = cfg.model, cfg.train
+    src_vocab, tgt_vocab = CharVocab(all_characters()), CharVocab("0123456789-")
+    splits = {"train": date_pairs(cfg.data.train_examples, "train", cfg.seed),
+              "val": date_pairs(max(t.eval_iters * t.batch_size, 1000), "val", cfg.seed + 1),
+              "test": date_pairs(2000, "test", cfg.seed + 2)}
+    arrays = {k: encode_pairs(v, src_vocab, tgt_vocab, m.block_size) for k, v in splits.items()}
+    model = Seq2SeqTransformer(TransformerConfig(
+        src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab), max_len=m.block_size, n_layer=m.n_layer,
+        n_head=m.n_head, n_embd=m.n_embd, ffn_dim=m.ffn_dim, dropout=m.dropout, norm_first=m.norm_first,
+        positions=m.positions))
+    train_batches = RowBatches(arrays["train"], t.batch_size, cfg.seed)
+    eval_batches = {name: [RowBatches(arrays[name], t.batch_size, cfg.seed + 1).next() for _ in range(t.eval_iters)]
+                    for name in ("train", "val")}
+    targets = arrays["train"][2]
+    baselines = {"uniform": math.log(len(tgt_vocab)),
+                 "unigram": unigram_loss(targets[targets >= 0], arrays["val"][2][arrays["val"][2] >= 0],
+                                         len(tgt_vocab))}
+
+    def loss_fn(src, tgt_in, tgt_out):
+        return cross_entropy(model(src, tgt_in), tgt_out, label_smoothing=t.label_smoothing)
+
+    def final_eval(model) -> dict:
+        from .evaluate import corpus_bleu, exact_match
+        from .models.transformer import greedy_decode
+
+        pairs = splits["test"]
+        preds = []
+        for i in range(0, len(pairs), 500):
+            preds += [tgt_vocab.decode(p) for p in greedy_decode(model, arrays["test"][0][i:i + 500])]
+        refs = [y for _, y in pairs]
+        copy = [x for x, _ in pairs]  # trivial baseline 1: output the input unchanged
+        frequent = [Counter(y for _, y in splits["train"]).most_common(1)[0][0]] * len(refs)  # 2: one answer
+        return {"test_exact_match": exact_match(preds, refs), "test_bleu": corpus_bleu(preds, refs),
+                "copy_exact_match": exact_match(copy, refs), "copy_bleu": corpus_bleu(copy, refs),
+                "frequent_exact_match": exact_match(frequent, refs), "frequent_bleu": corpus_bleu(frequent, refs),
+                "examples": [[x, p] for (x, _), p in zip(pairs[:8], preds)]}
+
+    return Task(model, loss_fn, train_batches, eval_batches, src_vocab, baselines,
+                t.batch_size * 2 * m.block_size, final_eval)
 
 
 def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool, scaler=None):
@@ -85,8 +144,8 @@ def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool, scaler=None
     import mindspore as ms
     from mindspore import ops
 
-    def scaled_loss(x, y):
-        loss = loss_fn(x, y)
+    def scaled_loss(*batch):
+        loss = loss_fn(*batch)
         return scaler.scale(loss) if scaler is not None else loss
 
     grad_fn = ms.value_and_grad(scaled_loss, None, optimizer.parameters)
@@ -108,12 +167,12 @@ def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool, scaler=None
     def unscaled(loss):
         return scaler.unscale(loss) if scaler is not None else loss
 
-    def step(x, y):
-        loss, grads = grad_fn(x, y)
+    def step(*batch):
+        loss, grads = grad_fn(*batch)
         return unscaled(loss), clip_and_update(grads)
 
-    def grads(x, y):
-        loss, g = grad_fn(x, y)
+    def grads(*batch):
+        loss, g = grad_fn(*batch)
         return unscaled(loss), g
 
     def accumulate(a, b):
@@ -181,7 +240,7 @@ def train(cfg, log=print) -> dict:
                         f"out_dir=... (delete the directory to start over)")
     os.makedirs(cfg.out_dir, exist_ok=True)
 
-    task = causal_lm_task(cfg)
+    task = dates_task(cfg) if cfg.model.arch == "transformer" else causal_lm_task(cfg)
     model, t = task.model, cfg.train
     optimizer = build_optimizer(model, t)
     start = 0
@@ -206,9 +265,10 @@ def train(cfg, log=print) -> dict:
                 scaler.scale_value.set_data(Tensor(state["loss_scale"], ms.float32))
 
     n_params = model.num_params()
-    log(f"GPT {n_params / 1e6:.2f}M params | vocab {task.tokenizer.vocab_size} ({cfg.data.tokenizer}) | "
-        f"device {target}, {cfg.context.mode} mode | {t.max_iters} iters x {t.batch_size * t.grad_accum} x "
-        f"{cfg.model.block_size} tokens")
+    what = (f"Transformer {n_params / 1e6:.2f}M params | {cfg.data.corpus}" if cfg.model.arch == "transformer"
+            else f"GPT {n_params / 1e6:.2f}M params | vocab {task.tokenizer.vocab_size} ({cfg.data.tokenizer})")
+    log(f"{what} | device {target}, {cfg.context.mode} mode | {t.max_iters} iters x "
+        f"{t.batch_size * t.grad_accum} x {cfg.model.block_size} tokens")
     step, grads, accumulate, apply = make_steps(task.loss_fn, optimizer, t.grad_clip, cfg.context.mode == "graph",
                                                 scaler)
     eval_loss = ms.jit(task.loss_fn) if cfg.context.mode == "graph" else task.loss_fn
@@ -216,7 +276,7 @@ def train(cfg, log=print) -> dict:
 
     def evaluate() -> dict:
         model.set_train(False)
-        out = {f"{s}_loss": float(np.mean([eval_loss(Tensor(x), Tensor(y)).asnumpy() for x, y in batches]))
+        out = {f"{s}_loss": float(np.mean([eval_loss(*map(Tensor, b)).asnumpy() for b in batches]))
                for s, batches in task.eval_batches.items()}
         model.set_train(True)
         return {"val_loss": out["val_loss"], "train_loss_eval": out["train_loss"]}
@@ -230,7 +290,7 @@ def train(cfg, log=print) -> dict:
     if start == 0:  # the untrained model: the baseline every later number is read against
         metrics.write({"step": 0, "lr": lrs[0], **evaluate()})
 
-    tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size
+    tokens_per_step = task.tokens_per_batch * t.grad_accum
     from tqdm import tqdm
 
     bar = tqdm(range(start, t.max_iters), initial=start, total=t.max_iters, disable=not t.progress,
@@ -238,14 +298,12 @@ def train(cfg, log=print) -> dict:
     window_loss, window_t, window_n, last_val = [], time.perf_counter(), 0, None
     for it in bar:
         if t.grad_accum == 1:
-            x, y = task.train_batches.next()
-            loss, norm = step(Tensor(x), Tensor(y))
+            loss, norm = step(*map(Tensor, task.train_batches.next()))
             loss = float(loss.asnumpy())
         else:
             acc, losses = None, []
             for _ in range(t.grad_accum):
-                x, y = task.train_batches.next()
-                l, g = grads(Tensor(x), Tensor(y))
+                l, g = grads(*map(Tensor, task.train_batches.next()))
                 acc = g if acc is None else accumulate(acc, g)
                 losses.append(float(l.asnumpy()))
             norm = apply(acc, Tensor(1.0 / t.grad_accum, ms.float32))
@@ -282,17 +340,43 @@ def train(cfg, log=print) -> dict:
                "untrained_val_loss": evals[0]["val_loss"] if evals[0]["step"] == 0 else None,
                "uniform_loss": task.baselines["uniform"], "unigram_val_loss": task.baselines["unigram"],
                "device": target}
+    if task.final_eval is not None:
+        model.set_train(False)
+        summary.update(task.final_eval(model))
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     log(report(summary))
     return summary
 
 
+def load_trained(out_dir: str, cfg=None):
+    """(task, config) of a finished run, the model holding the latest checkpoint's weights (for notebooks and
+    evaluation). Rebuilds the task from the run's own config.yaml."""
+    from .checkpoint import latest_checkpoint, load_arrays, read_checkpoint
+    from .config import load_config
+
+    cfg = cfg or load_config(os.path.join(out_dir, "config.yaml"), [])
+    ckpt = latest_checkpoint(os.path.join(out_dir, "ckpt"))
+    if not ckpt:
+        raise UserError(f"'{out_dir}' holds no checkpoint")
+    cfg.resume = True  # reuse the run's tokenizer file instead of training a new one
+    task = dates_task(cfg) if cfg.model.arch == "transformer" else causal_lm_task(cfg)
+    load_arrays(task.model, read_checkpoint(ckpt)[0], ckpt)
+    task.model.set_train(False)
+    return task, cfg
+
+
 def report(s: dict) -> str:
     untrained = f"{s['untrained_val_loss']:.3f}" if s["untrained_val_loss"] is not None else "n/a"
-    return (f"val loss {s['val_loss']:.3f} (perplexity {s['val_perplexity']:.2f}) after {s['steps']} steps | "
+    text = (f"val loss {s['val_loss']:.3f} (perplexity {s['val_perplexity']:.2f}) after {s['steps']} steps | "
             f"baselines: untrained {untrained}, uniform ln(V) {s['uniform_loss']:.3f}, "
             f"unigram {s['unigram_val_loss']:.3f}")
+    if "test_exact_match" in s:
+        text += (f"\ntest exact match {s['test_exact_match']:.1%}, BLEU {s['test_bleu']:.1f} | baselines: copy the "
+                 f"input {s['copy_exact_match']:.1%}, BLEU {s['copy_bleu']:.1f}; most frequent training output "
+                 f"{s['frequent_exact_match']:.1%}, BLEU {s['frequent_bleu']:.1f}")
+        text += "".join(f"\n  {x!r} -> {p!r}" for x, p in s["examples"])
+    return text
 
 
 def parse_args(argv):
@@ -316,7 +400,7 @@ def main(argv=None):
     path, overrides = parse_args(argv)
     cfg = load_config(path, overrides)
     summary = train(cfg)
-    if cfg.sample.max_new_tokens:
+    if cfg.sample.max_new_tokens and cfg.model.arch == "gpt":
         from .sample import complete
 
         text = complete(*_sampling_model(cfg), cfg.sample.prompt, cfg.sample.max_new_tokens,

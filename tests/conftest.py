@@ -6,6 +6,10 @@ import pytest  # noqa: E402
 
 from mindllm.config import load_config  # noqa: E402
 from mindllm.data import load_corpus  # noqa: E402
+from mindllm import device  # noqa: E402
+
+# The device is chosen once, before any test runs a kernel (MindSpore refuses to switch afterwards).
+device.setup(device.context_for("CPU"), seed=0)
 
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=16", "train.batch_size=4",
         "train.eval_iters=2", "train.progress=false", "sample.max_new_tokens=0", "context.device_target=CPU"]

@@ -77,3 +77,22 @@ class TokenWindows:
 
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
+
+
+class RowBatches:
+    """Random batches of rows from aligned arrays (e.g. source, target-in, target-out of a seq2seq set), with the
+    same resumable Generator state as TokenWindows."""
+
+    def __init__(self, arrays, batch_size: int, seed: int):
+        self.arrays, self.batch_size = arrays, batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def next(self):
+        rows = self.rng.integers(0, len(self.arrays[0]), size=self.batch_size)
+        return tuple(a[rows] for a in self.arrays)
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state

@@ -12,7 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from .layers import MLP, CausalSelfAttention, Embedding, LayerNorm, mm_dtype
+from .layers import MLP, CausalSelfAttention, Embedding, LayerNorm, cross_entropy, mm_dtype  # noqa: F401
 
 
 @dataclass
@@ -91,14 +91,3 @@ class GPT(nn.Cell):
         if non_embedding:
             n -= int(np.prod(self.transformer.wpe.weight.shape))
         return n
-
-
-def cross_entropy(logits, targets, ignore_index: int = -100):
-    """Mean negative log-likelihood of `targets` (B, T) under `logits` (B, T, V); `ignore_index` positions
-    (padding, prompt tokens) contribute nothing."""
-    V = logits.shape[-1]
-    logp = ops.log_softmax(logits.reshape(-1, V), -1)
-    t = targets.reshape(-1)
-    keep = (t != ignore_index).astype(logp.dtype)
-    nll = -ops.gather_elements(logp, 1, (t * (t != ignore_index).astype(t.dtype)).reshape(-1, 1)).reshape(-1)
-    return (nll * keep).sum() / ops.maximum(keep.sum(), 1.0)

@@ -1,0 +1,36 @@
+"""Evaluation metrics, written out so they can be read: exact match and BLEU (tested against sacrebleu)."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+
+def exact_match(predictions, references) -> float:
+    """Share of predictions equal to their reference."""
+    if len(predictions) != len(references):
+        raise ValueError("predictions and references differ in length")
+    return sum(p == r for p, r in zip(predictions, references)) / max(len(references), 1)
+
+
+def _ngrams(tokens, n):
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+def corpus_bleu(predictions, references, max_n: int = 4) -> float:
+    """Corpus BLEU (Papineni et al., 2002) in [0, 100] over token lists (one reference each):
+    BP · exp(mean_n log p_n), p_n = clipped n-gram matches / predicted n-grams, summed over the corpus;
+    BP = exp(1 - r/c) when the predictions (c tokens) are shorter than the references (r tokens), else 1.
+    Any p_n = 0 makes BLEU 0 (no smoothing), as sacrebleu's default."""
+    matches, totals = [0] * max_n, [0] * max_n
+    c = r = 0
+    for pred, ref in zip(predictions, references):
+        c, r = c + len(pred), r + len(ref)
+        for n in range(1, max_n + 1):
+            p, q = _ngrams(pred, n), _ngrams(ref, n)
+            matches[n - 1] += sum(min(k, q[g]) for g, k in p.items())  # clipped counts
+            totals[n - 1] += max(len(pred) - n + 1, 0)
+    if c == 0 or min(matches) == 0:
+        return 0.0
+    log_p = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
+    bp = 1.0 if c > r else math.exp(1 - r / c)
+    return 100.0 * bp * math.exp(log_p)
