@@ -92,3 +92,12 @@ def test_corrupt_checkpoint_and_unseen_prompt(tiny, tmp_path):
 def test_sample_bad_arguments(tmp_path):
     assert_clean_error(run("mindllm.sample", "--ckpt", str(tmp_path / "nope")), "not found")
     assert_clean_error(run("mindllm.sample", "--ckpt", str(tmp_path), "--top-p", "0"), "--top-p")
+
+
+def test_seq2seq_and_tokenizer_mistakes(tiny):
+    assert_clean_error(run("mindllm.train", *tiny, "model.arch=transformer"), "data.corpus=dates")
+    dates = [a for a in tiny if not a.startswith("data.corpus")] + ["model.arch=transformer", "data.corpus=dates",
+                                                                    "data.train_examples=50"]
+    assert_clean_error(run("mindllm.train", *dates), "longer than model.block_size=16")
+    assert_clean_error(run("mindllm.train", *tiny, "data.tokenizer=bpe", "data.vocab_size=200"),
+                       "data.vocab_size must be >= 257")
