@@ -112,9 +112,16 @@ class _Decoder:
 
     def __init__(self, model: Seq2SeqTransformer, compile_: bool = True):
         self.model = model
-        wrap = ms.jit if compile_ else (lambda f: f)
-        self.encode = wrap(model.encode)
-        self.decode = wrap(model.decode)
+        if not compile_:
+            self.encode, self.decode = model.encode, model.decode
+            return
+        # One pair of compiled functions per model, reused by every call: a fresh ms.jit wrapper per call
+        # compiles (and keeps) new graphs each time, which exhausted 24 GB in a notebook that decodes often.
+        fns = model.__dict__.get("_compiled_decoding")
+        if fns is None:
+            fns = (ms.jit(model.encode), ms.jit(model.decode))
+            object.__setattr__(model, "_compiled_decoding", fns)
+        self.encode, self.decode = fns
 
     def log_probs(self, buf, t, memory, src_mask):
         """log p(next token | buf[:, :t+1]) for every row: (rows, V) float64."""
@@ -123,25 +130,35 @@ class _Decoder:
         return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
 
 
-def greedy_decode(model, src: np.ndarray, max_new: int | None = None, compile_: bool = True) -> list[list[int]]:
+def greedy_decode(model, src: np.ndarray, max_new: int | None = None, compile_: bool = True,
+                  max_chunk: int = 256) -> list[list[int]]:
     """The most probable next token at every step, for a batch of sources (B, S); each output stops at EOS
-    (not included)."""
+    (not included). Rows go through in chunks padded to a power of two (<= max_chunk): every new batch shape
+    compiles, and keeps, graphs of its own, so this bounds them to a handful however the function is called
+    (a notebook decoding per-format subsets of every size ran out of 24 GB before)."""
     cfg = model.config
     model.set_train(False)
     max_new = min(max_new or cfg.max_len - 1, cfg.max_len - 1)
     dec = _Decoder(model, compile_)
-    memory, src_mask = dec.encode(Tensor(src.astype(np.int32)))
-    B = src.shape[0]
-    buf = np.full((B, cfg.max_len), cfg.pad_id, np.int32)
-    buf[:, 0] = cfg.bos_id
-    done = np.zeros(B, bool)
-    for t in range(max_new):
-        nxt = dec.log_probs(buf, t, memory, src_mask).argmax(-1)
-        buf[:, t + 1] = np.where(done, cfg.pad_id, nxt)
-        done |= nxt == cfg.eos_id
-        if done.all():
-            break
-    return [_strip(row[1:], cfg) for row in buf]
+    chunk = min(max_chunk, 1 << max(len(src) - 1, 0).bit_length())
+    out = []
+    for i in range(0, len(src), chunk):
+        part = src[i:i + chunk].astype(np.int32)
+        rows = len(part)
+        part = np.concatenate([part, np.full((chunk - rows, part.shape[1]), cfg.pad_id, np.int32)])
+        memory, src_mask = dec.encode(Tensor(part))
+        buf = np.full((chunk, cfg.max_len), cfg.pad_id, np.int32)
+        buf[:, 0] = cfg.bos_id
+        done = np.zeros(chunk, bool)
+        done[rows:] = True  # padding rows
+        for t in range(max_new):
+            nxt = dec.log_probs(buf, t, memory, src_mask).argmax(-1)
+            buf[:, t + 1] = np.where(done, cfg.pad_id, nxt)
+            done |= nxt == cfg.eos_id
+            if done.all():
+                break
+        out += [_strip(row[1:], cfg) for row in buf[:rows]]
+    return out
 
 
 def beam_search(model, src: np.ndarray, beam: int = 4, length_penalty: float = 0.6, max_new: int | None = None,
