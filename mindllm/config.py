@@ -39,8 +39,9 @@ class ParallelConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = opt("gpt", choices=("gpt", "transformer"),
-                    doc="gpt: decoder-only causal LM; transformer: encoder-decoder for data.corpus=dates")
+    arch: str = opt("gpt", choices=("gpt", "transformer", "bert", "bert_classifier"),
+                    doc="gpt: decoder-only causal LM; transformer: encoder-decoder for data.corpus=dates; bert: "
+                        "MLM+NSP pretraining; bert_classifier: fine-tuning on data.corpus=reviews_zh|tweets_en")
     n_layer: int = opt(4, lo=1, doc="transformer: encoder layers = decoder layers")
     n_head: int = opt(4, lo=1)
     n_embd: int = opt(128, lo=1)
@@ -50,6 +51,10 @@ class ModelConfig:
     ffn_dim: int = opt(512, lo=1, doc="transformer only: feed-forward hidden size")
     norm_first: bool = opt(True, doc="transformer only: pre-LN (true) or the original post-LN (false)")
     positions: str = opt("sinusoidal", choices=("sinusoidal", "learned"), doc="transformer only")
+    init: str = opt("", doc="bert_classifier: '' (random), 'minilm' (real all-MiniLM-L6-v2), a Hugging Face "
+                            "directory, or the out_dir of a model.arch=bert run; the model's sizes then come from it")
+    freeze: str = opt("none", choices=("none", "embeddings", "encoder"), doc="bert_classifier: parameters not trained")
+    freeze_layers: int = opt(0, lo=0, doc="bert_classifier: also freeze the embeddings and the first k layers")
 
 
 @dataclass
@@ -57,11 +62,14 @@ class DataConfig:
     corpus: str = opt("shakespeare", doc="shakespeare | peoples_daily | a path to a UTF-8 text file; "
                                          "dates (the seq2seq task) with model.arch=transformer")
     train_examples: int = opt(50000, lo=1, doc="dates only: generated training pairs")
-    tokenizer: str = opt("char", choices=("char", "bpe", "hf_bpe", "gpt2"),
+    test_examples: int = opt(0, lo=0, doc="held-out examples the final test scores: dates generates this many "
+                                          "(0: 2000); bert_classifier uses the first N of its test split (0: all)")
+    tokenizer: str = opt("char", choices=("char", "bpe", "hf_bpe", "gpt2", "hf_wordpiece", "bert_uncased"),
                          doc="bpe = mindllm's own byte-level BPE; hf_bpe = Hugging Face tokenizers'; gpt2 = the real "
-                             "GPT-2 vocabulary")
+                             "GPT-2 vocabulary; hf_wordpiece / bert_uncased for BERT")
     vocab_size: int = opt(1024, lo=257, doc="bpe/hf_bpe only: vocabulary size (>= 256 bytes + <|endoftext|>)")
     val_fraction: float = opt(0.1, lo=0.0, hi=0.5, lo_open=True)
+    mask_prob: float = opt(0.15, lo=0.0, hi=0.5, lo_open=True, doc="bert: share of tokens the MLM predicts")
 
 
 @dataclass

@@ -1,15 +1,13 @@
 """Training curves as a PNG: what students look at instead of reading metrics.jsonl."""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: CI, servers, notebooks executed by nbclient
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # no pyplot: drawing a file must not change a notebook's plotting backend
 
 
 def plot_metrics(records: list[dict], baselines: dict, path: str) -> None:
     """Train loss (per log interval) and val loss (per eval) against step, with the context-free baselines."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_loss" in r]
     if train:
@@ -28,4 +26,3 @@ def plot_metrics(records: list[dict], baselines: dict, path: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

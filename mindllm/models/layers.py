@@ -38,13 +38,14 @@ def _const(shape, value):
 
 
 class Linear(nn.Cell):
-    """y = x @ weight + bias, weight of shape (in, out) as GPT-2's Conv1D."""
+    """y = x @ weight + bias, weight of shape (in, out) as GPT-2's Conv1D; with out_in=True stored (out, in) as
+    PyTorch's nn.Linear (BERT), so either checkpoint layout loads without transposing."""
 
-    def __init__(self, n_in, n_out, bias=True, std=0.02, rng=None):
+    def __init__(self, n_in, n_out, bias=True, std=0.02, rng=None, out_in=False):
         super().__init__()
-        self.weight = _normal((n_in, n_out), std, rng)
+        self.weight = _normal((n_out, n_in) if out_in else (n_in, n_out), std, rng)
         self.bias = _const((n_out,), 0.0) if bias else None
-        self.matmul = ops.MatMul()
+        self.matmul = ops.MatMul(transpose_b=out_in)
         self.compute_dtype = ms.float32
 
     def construct(self, x):
@@ -89,6 +90,11 @@ class LayerNorm(nn.Cell):
 def gelu(x):
     """GELU, tanh approximation (GPT-2's `gelu_new`)."""
     return 0.5 * x * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def gelu_exact(x):
+    """GELU as x·Φ(x) with the error function (BERT's `gelu`)."""
+    return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 class MLP(nn.Cell):
