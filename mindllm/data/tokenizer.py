@@ -88,9 +88,10 @@ class HFTokenizer:
         _check_trainable(text)
         wp = BertWordPieceTokenizer(lowercase=lowercase)
         # limit_alphabet: the trainer keeps only the 1,000 most frequent characters by default, which turns every
-        # rarer Chinese character into [UNK]; allow as many as the vocabulary can hold
+        # rarer Chinese character into [UNK]; give characters up to half the vocabulary, merges the rest
         wp.train_from_iterator(_chunks(text), vocab_size=vocab_size, min_frequency=min_frequency,
-                               limit_alphabet=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False)
+                               limit_alphabet=max(1000, vocab_size // 2), special_tokens=BERT_SPECIALS,
+                               show_progress=False)
         return cls(wp._tokenizer)
 
     @classmethod
