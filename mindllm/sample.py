@@ -36,7 +36,10 @@ def adjust_logits(logits, history=None, temperature=1.0, top_k=0, top_p=1.0, rep
         sorted_logits = np.take_along_axis(logits, order, -1)
         probs = np.exp(sorted_logits - sorted_logits[:, :1])
         probs /= probs.sum(-1, keepdims=True)
-        drop_sorted = np.cumsum(probs, -1) - probs >= top_p  # tokens after the nucleus is full
+        # mass before each token (an exclusive cumsum: `cumsum - p` rounds 0.7 - 0.2 below 0.5); a token is dropped
+        # once that mass reaches top_p, give or take float rounding
+        before = np.concatenate([np.zeros_like(probs[:, :1]), np.cumsum(probs, -1)[:, :-1]], -1)
+        drop_sorted = before >= top_p - 1e-9
         drop = np.zeros_like(drop_sorted)
         np.put_along_axis(drop, order, drop_sorted, -1)
         logits = np.where(drop, -np.inf, logits)

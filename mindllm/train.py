@@ -246,6 +246,7 @@ def load_trained(out_dir: str, cfg=None):
     from .config import load_config
 
     cfg = cfg or load_config(os.path.join(out_dir, "config.yaml"), [])
+    cfg.out_dir = out_dir  # the saved out_dir may be relative to another working directory
     ckpt = latest_checkpoint(os.path.join(out_dir, "ckpt"))
     if not ckpt:
         raise UserError(f"'{out_dir}' holds no checkpoint")

@@ -42,6 +42,10 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert np.isfinite(out[0]).tolist() == [True, True, False, False]
     out = adjust_logits(np.log(p), top_p=0.5)  # the first token alone reaches 0.5
     assert np.isfinite(out[0]).tolist() == [True, False, False, False]
+    p = np.array([[0.5, 0.2, 0.15, 0.1, 0.05]])  # week 6 exercise 2(e): float rounding at the boundary
+    assert np.isfinite(adjust_logits(np.log(p), top_p=0.5)[0]).sum() == 1
+    assert np.isfinite(adjust_logits(np.log(p), top_p=0.8)[0]).sum() == 3
+    assert np.isfinite(adjust_logits(np.log(p), top_p=1.0)[0]).all()
 
 
 def test_repetition_penalty_lowers_seen_tokens_only():

@@ -29,6 +29,12 @@ def test_short_run_learns_and_writes_its_outputs(tiny_cfg):
     for r in records[1:]:
         assert {"step", "loss", "lr", "tokens_per_s", "grad_norm"} <= set(r)
     assert [r["step"] for r in records if "val_loss" in r] == [0, 75, 150]
+    from mindllm.train import load_trained
+
+    moved = out + "_moved"  # a run directory can be moved (or opened from another working directory)
+    os.rename(out, moved)
+    task, _ = load_trained(moved)
+    assert task.tokenizer.vocab_size == s["vocab_size"] and os.path.exists(os.path.join(moved, "summary.json"))
 
 
 def test_resume_after_interrupt_equals_uninterrupted_run(tiny_cfg):
