@@ -294,7 +294,8 @@ def report(s: dict) -> str:
         text += "".join(f"\n  {x!r} -> {p!r}" for x, p in s["examples"])
     if "mlm_accuracy" in s:
         text += (f"\nmasked-token accuracy {s['mlm_accuracy']:.1%} on {s['masked_tokens_evaluated']} held-out masked "
-                 f"tokens | baseline: always {s['frequent_token']!r} {s['frequent_token_accuracy']:.1%}"
+                 f"tokens ({s['mask_accuracy']:.1%} where the input shows [MASK]) | baseline: always "
+                 f"{s['frequent_token']!r} {s['frequent_token_accuracy']:.1%}"
                  f"\nnext-sentence accuracy {s['nsp_accuracy']:.1%} | baseline: majority {s['nsp_majority']:.1%}")
     if "test_accuracy" in s:
         text += _classification_report(s)

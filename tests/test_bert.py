@@ -211,6 +211,30 @@ def test_bert_pretraining_runs_through_the_loop_and_learns(pretrained):
     assert [r["step"] for r in records if "mlm_accuracy" in r] == [0, 60, 120]
 
 
+def test_mlm_accuracies_recomputed_from_the_checkpoint(pretrained):
+    from mindspore import Tensor
+
+    from mindllm.data.mlm import IGNORE
+    from mindllm.train import load_trained
+
+    cfg, s = pretrained
+    task, _ = load_trained(cfg.out_dir)
+    mask_id = task.tokenizer.token_to_id("[MASK]")
+    kinds = {"all": [0, 0], "[MASK]": [0, 0]}
+    for ids, types, attn, pos, labels, nsp in task.eval_batches["val"]:
+        pred = task.model(*map(Tensor, (ids, types, attn, pos)))[0].asnumpy().argmax(-1)
+        for r in range(len(ids)):
+            for j in range(pos.shape[1]):
+                if labels[r, j] == IGNORE:
+                    continue
+                for k in ("all", "[MASK]") if ids[r, pos[r, j]] == mask_id else ("all",):
+                    kinds[k][0] += int(pred[r, j] == labels[r, j])
+                    kinds[k][1] += 1
+    assert s["mlm_accuracy"] == pytest.approx(kinds["all"][0] / kinds["all"][1])
+    assert s["mask_accuracy"] == pytest.approx(kinds["[MASK]"][0] / kinds["[MASK]"][1])
+    assert 0.7 < kinds["[MASK]"][1] / kinds["all"][1] < 0.9  # 80% of the predicted positions show [MASK]
+
+
 def classifier_cfg(tmp_path, *extra):
     return load_config(None, TINY + ["model.arch=bert_classifier", "data.corpus=reviews_zh", "model.n_embd=64",
                                      "model.n_head=4", "model.ffn_dim=128", "model.block_size=48",
