@@ -32,9 +32,25 @@ class ContextConfig:
 
 @dataclass
 class ParallelConfig:
+    """mindformers' `parallel:` block: the arguments of mindspore.set_auto_parallel_context."""
     parallel_mode: str = opt("stand_alone", choices=("stand_alone", "data_parallel", "semi_auto_parallel",
-                                                     "auto_parallel"))
-    gradients_mean: bool = opt(True)
+                                                     "auto_parallel"),
+                             doc="data_parallel: every device holds the whole model (CPU too, via "
+                                 "python -m mindllm.launch); semi_auto/auto_parallel shard tensors (GPU/Ascend)")
+    gradients_mean: bool = opt(True, doc="average (not sum) the gradients of the devices")
+    full_batch: bool = opt(False, doc="semi_auto/auto: every device reads the whole global batch")
+    enable_parallel_optimizer: bool = opt(False, doc="shard optimizer state over data-parallel devices (ZeRO-1)")
+
+
+@dataclass
+class ParallelLayoutConfig:
+    """mindformers' `parallel_config:` block: how devices are split (data x model x pipeline = device count)."""
+    data_parallel: int = opt(1, lo=1, doc="model replicas; each sees batch_size / data_parallel rows")
+    model_parallel: int = opt(1, lo=1, doc="tensor parallelism: attention heads and MLP columns split (Megatron)")
+    pipeline_stage: int = opt(1, lo=1, doc="consecutive groups of layers on different devices")
+    micro_batch_num: int = opt(1, lo=1, doc="pipeline micro-batches per step (>= pipeline_stage keeps it busy)")
+    recompute: bool = opt(False, doc="activation checkpointing: keep only each block's input, recompute the rest "
+                                     "in the backward pass (less memory, ~1/3 more compute)")
 
 
 @dataclass
@@ -111,6 +127,7 @@ class Config:
     resume: bool = opt(False, doc="continue from out_dir/ckpt/latest")
     context: ContextConfig = field(default_factory=ContextConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    parallel_config: ParallelLayoutConfig = field(default_factory=ParallelLayoutConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -10,6 +10,7 @@ Writes to out_dir: config.yaml (resolved), tokenizer.json, metrics.jsonl, loss.p
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,14 +25,17 @@ from .tasks import build_task, unigram_loss  # noqa: F401  (unigram_loss: part o
 HELP = __doc__
 
 
-def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool, scaler=None):
+def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool, scaler=None, grad_reducer=None):
     """Build the step functions: `step(x, y)` (forward, backward, clip, update in one graph) and, for gradient
     accumulation, `grads(x, y)` / `accumulate(a, b)` / `apply(grads, scale)`. `step` returns (loss, pre-clip
     global gradient norm), `apply` the norm.
 
     With a `scaler` (fp16 mixed precision) the loss is multiplied by the loss scale before backward so small
     gradients survive float16; gradients are divided back, and a step whose gradients overflowed is skipped
-    while the scaler lowers its scale (dynamic loss scaling)."""
+    while the scaler lowers its scale (dynamic loss scaling).
+
+    Under data parallelism `grad_reducer` averages the gradients across ranks before clipping, so every rank
+    clips the same global norm and the replicas stay identical; the returned loss is this rank's own."""
     import mindspore as ms
     from mindspore import ops
 
@@ -40,8 +44,10 @@ def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool, scaler=None
         return scaler.scale(loss) if scaler is not None else loss
 
     grad_fn = ms.value_and_grad(scaled_loss, None, optimizer.parameters)
+    reduce_grads = grad_reducer if grad_reducer is not None else (lambda g: g)
 
     def clip_and_update(grads):
+        grads = reduce_grads(grads)
         finite = True
         if scaler is not None:
             grads = scaler.unscale(grads)
@@ -76,12 +82,18 @@ def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool, scaler=None
     return wrap(step), wrap(grads), wrap(accumulate), wrap(apply)
 
 
+def _quiet(*args, **kwargs):
+    """The log of ranks other than 0: they would print the same lines again."""
+
+
 class Metrics:
     """out_dir/metrics.jsonl, one JSON object per logged step; a resumed run first drops records after its
-    checkpoint so the file reads like one uninterrupted run."""
+    checkpoint so the file reads like one uninterrupted run. Only the writing rank (`owner`) touches the file."""
 
-    def __init__(self, path: str, resume_step: int | None):
+    def __init__(self, path: str, resume_step: int | None, owner: bool = True):
         self.path = path
+        if not owner:
+            return
         kept = []
         if resume_step is not None and os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
@@ -103,9 +115,6 @@ def check_runtime(cfg, target: str) -> None:
     if cfg.train.amp != "none" and target == "CPU":
         raise UserError(f"train.amp={cfg.train.amp} is for GPU/Ascend: on CPU bfloat16 is unsupported and float16 "
                         f"is slower than float32; use train.amp=none")
-    if cfg.parallel.parallel_mode != "stand_alone":
-        raise UserError(f"parallel.parallel_mode={cfg.parallel.parallel_mode} needs the multi-process launcher, "
-                        f"which is not part of this version yet; use parallel.parallel_mode=stand_alone")
 
 
 def train(cfg, log=print) -> dict:
@@ -125,13 +134,17 @@ def train(cfg, log=print) -> dict:
 
 def _train(cfg, log):
     from .config import save_config
-    from . import device
+    from . import device, parallel
 
     target = device.setup(cfg.context, cfg.seed)
     check_runtime(cfg, target)
+    dist = parallel.setup(cfg, target)
+    if not dist.is_main:
+        log = _quiet
     import mindspore as ms
     from mindspore import Tensor
 
+    from . import memory
     from .checkpoint import latest_checkpoint, load_arrays, optimizer_skip, read_checkpoint, save_checkpoint
     from .optim import build_optimizer, lr_schedule
     from .plot import plot_metrics
@@ -145,7 +158,12 @@ def _train(cfg, log):
                         f"out_dir=... (delete the directory to start over)")
     os.makedirs(cfg.out_dir, exist_ok=True)
 
-    task = build_task(cfg)
+    # rank 0 trains the tokenizer and writes the token cache; the other ranks then read the same files
+    if not dist.is_main:
+        parallel.barrier(dist)
+    task = build_task(cfg if dist.is_main else dataclasses.replace(cfg, resume=True))
+    if dist.is_main:
+        parallel.barrier(dist)
     model, t = task.model, cfg.train
     optimizer = build_optimizer(model, t)
     start = 0
@@ -156,8 +174,17 @@ def _train(cfg, log):
         task.train_batches.set_state(state["data_rng"])
         start = state["step"]
         log(f"resumed from {existing} at step {start}")
-    save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
-    metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start if cfg.resume else None)
+    if cfg.parallel.parallel_mode in parallel.SHARDED_MODES:  # GPU/Ascend only (validated above)
+        if cfg.parallel_config.pipeline_stage > 1:
+            raise UserError("parallel_config.pipeline_stage > 1: the layout is validated and its memory estimated, "
+                            "but the pipelined step (nn.PipelineCell) is not part of mindllm's loop yet; train "
+                            "with pipeline_stage=1 (data_parallel x model_parallel)")
+        parallel.shard_gpt(model, cfg.parallel_config)
+    if cfg.parallel_config.recompute:
+        log(f"recompute: {parallel.apply_recompute(model)} blocks keep only their input for the backward pass")
+    if dist.is_main:
+        save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
+    metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start if cfg.resume else None, dist.is_main)
 
     scaler = None
     if t.amp != "none":  # matmuls in half precision, everything else float32 (see models/layers.py)
@@ -170,10 +197,14 @@ def _train(cfg, log):
                 scaler.scale_value.set_data(Tensor(state["loss_scale"], ms.float32))
 
     n_params = model.num_params()
-    log(f"{task.describe} | device {target}, {cfg.context.mode} mode | {t.max_iters} iters x "
+    workers = f", {dist.world} workers ({cfg.parallel.parallel_mode})" if dist.world > 1 else ""
+    log(f"{task.describe} | device {target}{workers}, {cfg.context.mode} mode | {t.max_iters} iters x "
         f"{t.batch_size * t.grad_accum} x {cfg.model.block_size} tokens")
+    log(memory.describe(memory.for_config(cfg, model, dist.world)))
     step, grads, accumulate, apply = make_steps(task.loss_fn, optimizer, t.grad_clip, cfg.context.mode == "graph",
-                                                scaler)
+                                                scaler, parallel.grad_reducer(optimizer.parameters, dist,
+                                                                              cfg.parallel.gradients_mean))
+    mean_over_ranks = parallel.loss_reducer(dist)
     eval_loss = ms.jit(task.loss_fn) if cfg.context.mode == "graph" else task.loss_fn
     lrs = lr_schedule(t)
 
@@ -191,27 +222,32 @@ def _train(cfg, log):
         return {"data_rng": task.train_batches.state(), "config": cfg.to_dict(), **extra}
 
     model.set_train(True)
-    if start == 0:  # the untrained model: the baseline every later number is read against
+    if start == 0 and dist.is_main:  # the untrained model: the baseline every later number is read against
         metrics.write({"step": 0, "lr": lrs[0], **evaluate()})
 
     tokens_per_step = task.tokens_per_batch * t.grad_accum
     from tqdm import tqdm
 
-    bar = tqdm(range(start, t.max_iters), initial=start, total=t.max_iters, disable=not t.progress,
-               dynamic_ncols=True, file=sys.stderr, desc="train")
+    bar = tqdm(range(start, t.max_iters), initial=start, total=t.max_iters,
+               dynamic_ncols=True, file=sys.stderr, desc="train", disable=not (t.progress and dist.is_main))
     window_loss, window_t, window_n, last_val = [], time.perf_counter(), 0, None
     for it in bar:
         if t.grad_accum == 1:
-            loss, norm = step(*map(Tensor, task.train_batches.next()))
+            loss, norm = step(*map(Tensor, parallel.rows(task.train_batches.next(), dist)))
             loss = float(loss.asnumpy())
         else:
             acc, losses = None, []
             for _ in range(t.grad_accum):
-                l, g = grads(*map(Tensor, task.train_batches.next()))
+                l, g = grads(*map(Tensor, parallel.rows(task.train_batches.next(), dist)))
                 acc = g if acc is None else accumulate(acc, g)
                 losses.append(float(l.asnumpy()))
             norm = apply(acc, Tensor(1.0 / t.grad_accum, ms.float32))
             loss = float(np.mean(losses))
+        if dist.split_batches:  # this rank saw only its rows: report the global batch's loss, keep its own per rank
+            local, loss = loss, float(mean_over_ranks(Tensor(loss, ms.float32)).asnumpy())
+            if (it + 1) % t.log_interval == 0:
+                print(f"[rank {dist.rank}/{dist.world}] step {it + 1}: loss {local:.5f} on its "
+                      f"{t.batch_size // dist.world} rows, {loss:.5f} on the global batch", flush=True)
         if not math.isfinite(loss) and scaler is None:  # with fp16 loss scaling an overflow just skips a step
             raise UserError(f"the loss became {loss} at step {it + 1}; lower train.lr or set train.grad_clip "
                             f"(the last good checkpoint is in {ckpt_dir})")
@@ -219,7 +255,7 @@ def _train(cfg, log):
         window_n += 1
         done = it + 1
         is_eval = done % t.eval_interval == 0 or done == t.max_iters
-        if done % t.log_interval == 0 or is_eval:
+        if (done % t.log_interval == 0 or is_eval) and dist.is_main:  # evaluation too: the weights are equal
             dt = time.perf_counter() - window_t
             record = {"step": done, "loss": float(np.mean(window_loss)), "lr": lrs[it],
                       "grad_norm": float(norm.asnumpy()), "tokens_per_s": window_n * tokens_per_step / dt}
@@ -230,9 +266,13 @@ def _train(cfg, log):
             bar.set_postfix(loss=f"{record['loss']:.3f}",
                             **({"val": f"{last_val:.3f}"} if last_val is not None else {}))
             window_loss, window_t, window_n = [], time.perf_counter(), 0
-        if done % t.ckpt_interval == 0 or done == t.max_iters:
+        if (done % t.ckpt_interval == 0 or done == t.max_iters) and dist.is_main:
             save_checkpoint(ckpt_dir, done, model, optimizer, run_state(), keep=t.keep_ckpts)
     bar.close()
+    if dist.split_batches:  # every rank states what it ends with, in its own log: equal on all ranks
+        print(f"[rank {dist.rank}/{dist.world}] final weights sha256 {weights_digest(model)}", flush=True)
+    if not dist.is_main:
+        return {"rank": dist.rank, "steps": t.max_iters}
     if t.max_iters == 0 or start >= t.max_iters:
         save_checkpoint(ckpt_dir, max(start, t.max_iters), model, optimizer, run_state(), keep=t.keep_ckpts)
 
@@ -251,6 +291,17 @@ def _train(cfg, log):
         json.dump(summary, fh, indent=1)
     log(report(summary))
     return summary
+
+
+def weights_digest(model) -> str:
+    """SHA-256 over every parameter's name and bytes: equal digests mean bit-identical weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in model.parameters_and_names():
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(p.asnumpy()).tobytes())
+    return h.hexdigest()[:16]
 
 
 def load_trained(out_dir: str, cfg=None):
@@ -323,6 +374,8 @@ def main(argv=None):
     path, overrides = parse_args(argv)
     cfg = load_config(path, overrides)
     summary = train(cfg)
+    if "rank" in summary:  # a data-parallel worker other than rank 0: rank 0 reports
+        return summary
     if cfg.sample.max_new_tokens and cfg.model.arch == "gpt":
         from .sample import complete
 

@@ -1,0 +1,138 @@
+"""How much memory one device needs to train a Transformer (显存估算), before buying or booking the devices.
+
+Four parts, per device:
+- parameters, gradients, optimizer state: bytes per parameter as in the ZeRO paper (Rajbhandari et al. 2020).
+  Adam in float32 keeps 4 (weight) + 4 (gradient) + 8 (two moments) = 16 bytes; mixed precision keeps float16
+  weights and gradients plus float32 master weights and moments: 2 + 2 + 12 = 16 as well. ZeRO stage 1
+  (MindSpore's `enable_parallel_optimizer`) splits the optimizer state over the data-parallel devices, stage 2
+  also the gradients, stage 3 also the weights.
+- activations kept for the backward pass, per layer (Korthikanti et al. 2022, "Reducing Activation Recomputation in
+  Large Transformer Models", eq. 1-2, generalised to any FFN width f and element size): with s tokens, b rows,
+  hidden h, a heads, t-way tensor parallelism
+      elements = 4sbh + (4sbh + 2sbf + k*a*s^2*b) / t        (k = 2 with attention dropout, else 1)
+      + dropout masks, 1 byte each: 2sbh + a*s^2*b / t       (only with dropout)
+  which at 16 bits, f = 4h and dropout is the paper's sbh(10 + 24/t) + 5as^2b/t bytes. Full recompute keeps only
+  each layer's input (sbh elements). With pipeline parallelism (1F1B schedule) the first stage holds the
+  activations of up to `pipeline_stage` micro-batches at once.
+The estimate is for the busiest device, the first pipeline stage (it holds the embeddings); it ignores framework
+workspace, fragmentation and the temporary buffers of one layer's backward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRECISION = {  # bytes per parameter: weight, gradient, optimizer state (Adam); and per activation element
+    "fp32": {"weight": 4, "grad": 4, "optimizer": 8, "activation": 4},
+    "mixed": {"weight": 2, "grad": 2, "optimizer": 12, "activation": 2},  # fp16/bf16 + fp32 master and moments
+}
+
+
+@dataclass
+class Layout:
+    data_parallel: int = 1
+    model_parallel: int = 1  # tensor parallelism
+    pipeline_stage: int = 1
+    micro_batch_num: int = 1
+    zero: int = 0  # 0 none, 1 optimizer state, 2 + gradients, 3 + weights sharded over data_parallel
+    recompute: bool = False
+
+
+def gpt_layer_params(h: int, f: int, bias: bool = True) -> tuple[int, int]:
+    """(parameters a tensor-parallel split divides, parameters every device keeps) of one GPT-2 block."""
+    split = 4 * h * h + 2 * h * f + ((3 * h + f) if bias else 0)  # qkv + out proj, fc + proj; column biases
+    kept = (2 * h + 4 * h) if bias else 2 * h  # row-parallel output biases, two LayerNorms
+    return split, kept
+
+
+def gpt_params(n_layer: int, n_embd: int, vocab: int, block_size: int, ffn: int | None = None,
+               bias: bool = True) -> int:
+    """All parameters of a GPT-2-style model with tied embeddings (GPT-2 small: 124,439,808)."""
+    h = n_embd
+    split, kept = gpt_layer_params(h, ffn or 4 * h, bias)
+    return n_layer * (split + kept) + vocab * h + block_size * h + (2 * h if bias else h)
+
+
+def layer_activation_bytes(s: int, b: int, h: int, a: int, f: int, t: int = 1, elem: int = 4,
+                           dropout: bool = False) -> float:
+    """Bytes one Transformer layer keeps for its backward pass, for one micro-batch of b rows of s tokens."""
+    k = 2 if dropout else 1
+    elements = 4 * s * b * h + (4 * s * b * h + 2 * s * b * f + k * a * s * s * b) / t
+    masks = (2 * s * b * h + a * s * s * b / t) if dropout else 0
+    return elements * elem + masks
+
+
+def estimate(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: int, global_batch: int,
+             layout: Layout = Layout(), precision: str = "fp32", ffn: int | None = None, bias: bool = True,
+             dropout: bool = False) -> dict:
+    """Bytes per device (the first pipeline stage) to train a GPT with Adam: {'params', 'grads', 'optimizer',
+    'activations', 'total', 'micro_batch'}."""
+    h, f, L = n_embd, ffn or 4 * n_embd, n_layer
+    dp, t, pp, m = layout.data_parallel, layout.model_parallel, layout.pipeline_stage, layout.micro_batch_num
+    if global_batch % (dp * m):
+        raise ValueError(f"global batch {global_batch} is not divisible by data_parallel x micro_batch_num "
+                         f"= {dp * m}")
+    if L % pp or n_head % t:
+        raise ValueError("n_layer must divide by pipeline_stage and n_head by model_parallel")
+    bpp = PRECISION[precision]
+    split, kept = gpt_layer_params(h, f, bias)
+    # first stage: its L/pp layers, the token embedding split by vocabulary across t, the positions; with one
+    # stage it is also the last and holds the final LayerNorm
+    n = (L // pp) * (split / t + kept) + vocab * h / t + block_size * h + ((2 * h if bias else h) if pp == 1 else 0)
+    shard = {"params": dp if layout.zero >= 3 else 1, "grads": dp if layout.zero >= 2 else 1,
+             "optimizer": dp if layout.zero >= 1 else 1}
+    b = global_batch // (dp * m)  # rows per micro-batch on one device
+    if layout.recompute:
+        per_layer = block_size * b * h * bpp["activation"]  # the layer input only
+    else:
+        per_layer = layer_activation_bytes(block_size, b, h, n_head, f, t, bpp["activation"], dropout)
+    in_flight = min(pp, m) if pp > 1 else 1
+    logits = block_size * b * vocab / t * 4 if pp == 1 else 0  # float32 logits for the loss, on the last stage
+    out = {"params": n * bpp["weight"] / shard["params"],
+           "grads": n * bpp["grad"] / shard["grads"],
+           "optimizer": n * bpp["optimizer"] / shard["optimizer"],
+           "activations": (L // pp) * per_layer * in_flight + logits}
+    out["total"] = sum(out.values())
+    out["micro_batch"] = b
+    return out
+
+
+def gib(x: float) -> str:
+    return f"{x / 2 ** 30:.2f} GiB" if x >= 2 ** 30 else f"{x / 2 ** 20:.1f} MiB"
+
+
+def describe(est: dict) -> str:
+    return (f"memory per device (estimate): {gib(est['total'])} = params {gib(est['params'])} + grads "
+            f"{gib(est['grads'])} + optimizer {gib(est['optimizer'])} + activations {gib(est['activations'])} "
+            f"(micro-batch {est['micro_batch']})")
+
+
+def model_dims(model) -> dict:
+    """Layer shapes of any course model, read from its config: layers, hidden, heads, ffn, vocab of its logits."""
+    c = model.config
+    if hasattr(c, "num_hidden_layers"):  # BERT (Hugging Face names)
+        return dict(layers=c.num_hidden_layers, hidden=c.hidden_size, heads=c.num_attention_heads,
+                    ffn=c.intermediate_size, vocab=c.vocab_size)
+    if hasattr(c, "tgt_vocab"):  # encoder-decoder: count both stacks (cross-attention left out)
+        return dict(layers=2 * c.n_layer, hidden=c.n_embd, heads=c.n_head, ffn=c.ffn_dim, vocab=c.tgt_vocab)
+    return dict(layers=c.n_layer, hidden=c.n_embd, heads=c.n_head, ffn=4 * c.n_embd, vocab=c.vocab_size)
+
+
+def for_config(cfg, model, world: int = 1) -> dict:
+    """The estimate printed before training: the layout of the config, the model's real parameter counts (frozen
+    parameters get no gradient or optimizer state), activations from its layer shapes."""
+    import numpy as np
+
+    d, t, lay = model_dims(model), cfg.train, cfg.parallel_config
+    dp = world if cfg.parallel.parallel_mode == "data_parallel" else lay.data_parallel
+    layout = Layout(dp, lay.model_parallel, lay.pipeline_stage, lay.micro_batch_num,
+                    1 if cfg.parallel.enable_parallel_optimizer else 0, lay.recompute)
+    precision = "mixed" if t.amp != "none" else "fp32"
+    est = estimate(d["layers"], d["hidden"], d["heads"], d["vocab"], cfg.model.block_size, t.batch_size, layout,
+                   precision, d["ffn"], dropout=cfg.model.dropout > 0)
+    total = sum(int(np.prod(p.shape)) for p in model.get_parameters())
+    trainable = sum(int(np.prod(p.shape)) for p in model.trainable_params())
+    per = PRECISION[precision]
+    est.update(params=total * per["weight"], grads=trainable * per["grad"],
+               optimizer=trainable * per["optimizer"] / (dp if layout.zero else 1))
+    est["total"] = est["params"] + est["grads"] + est["optimizer"] + est["activations"]
+    return est
