@@ -37,14 +37,14 @@ def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool, scaler=None
     Under data parallelism `grad_reducer` averages the gradients across ranks before clipping, so every rank
     clips the same global norm and the replicas stay identical; the returned loss is this rank's own."""
     import mindspore as ms
-    from mindspore import ops
+    from mindspore import nn, ops
 
     def scaled_loss(*batch):
         loss = loss_fn(*batch)
         return scaler.scale(loss) if scaler is not None else loss
 
     grad_fn = ms.value_and_grad(scaled_loss, None, optimizer.parameters)
-    reduce_grads = grad_reducer if grad_reducer is not None else (lambda g: g)
+    reduce_grads = grad_reducer if grad_reducer is not None else nn.Identity()  # (graph mode: no lambda here)
 
     def clip_and_update(grads):
         grads = reduce_grads(grads)

@@ -1,0 +1,179 @@
+"""Data parallelism on CPU (2 msrun workers == one process with the same global batch), the launcher's failures,
+layout validation, Megatron shard strategies and recompute."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mindspore import Tensor
+from safetensors.numpy import load_file
+
+from conftest import TINY
+from mindllm import parallel
+from mindllm.config import load_config
+from mindllm.errors import UserError
+from test_cli import assert_clean_error, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DP2 = ["parallel.parallel_mode=data_parallel", "parallel_config.data_parallel=2"]
+
+
+def final_weights(out_dir):
+    ckpt = os.path.join(out_dir, "ckpt", open(os.path.join(out_dir, "ckpt", "latest")).read().strip())
+    return load_file(os.path.join(ckpt, "model.safetensors")), load_file(os.path.join(ckpt, "optimizer.safetensors"))
+
+
+def launch(*args):
+    return subprocess.run([sys.executable, "-m", "mindllm.launch", *args], capture_output=True, text=True,
+                          env=dict(os.environ, GLOG_v="3"), timeout=600, cwd=ROOT)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_two_workers_end_equal_to_one_process(tmp_path, small_corpus, accum):
+    """Same seed, data and global batch (8 rows: 4 per worker): the 2-worker run's weights and Adam moments equal
+    the one-process run's, and both ranks end bit-identical (same digest in their logs)."""
+    common = TINY + [f"data.corpus={small_corpus}", "train.batch_size=8", f"train.grad_accum={accum}",
+                     "train.max_iters=6", "train.log_interval=2", "train.eval_interval=3", "train.lr=3e-3",
+                     "train.warmup_iters=0"]
+    p = launch("-n", "2", "--", *common, *DP2, f"out_dir={tmp_path / 'dp'}")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "2 workers (data_parallel)" in p.stdout and "memory per device (estimate)" in p.stdout
+    one = run("mindllm.train", *common, f"out_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    (w2, o2), (w1, o1) = final_weights(tmp_path / "dp"), final_weights(tmp_path / "one")
+    assert w2.keys() == w1.keys() and o2.keys() == o1.keys()
+    for k in w1:
+        np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-5, err_msg=k)
+    for k in o1:
+        np.testing.assert_allclose(o2[k], o1[k], rtol=1e-4, atol=1e-7, err_msg=k)
+    logs = [open(tmp_path / "dp" / "logs" / f"worker_{r}.log", encoding="utf-8").read() for r in (0, 1)]
+    digests = [re.findall(r"\[rank \d/2\] final weights sha256 (\w+)", text) for text in logs]
+    assert len(digests[0]) == 1 and digests[0] == digests[1]
+    # each rank reports its own rows' loss and the same global loss; the global one is what metrics.jsonl holds
+    per_rank = [dict((int(s), (float(a), float(g))) for s, a, g in re.findall(
+        r"step (\d+): loss ([\d.]+) on its 4 rows, ([\d.]+) on the global batch", text)) for text in logs]
+    assert per_rank[0].keys() == per_rank[1].keys() == {2, 4, 6}
+    for s in per_rank[0]:
+        (a0, g0), (a1, g1) = per_rank[0][s], per_rank[1][s]
+        assert g0 == g1 and a0 != a1 and abs((a0 + a1) / 2 - g0) < 1e-4
+    assert not os.path.exists(tmp_path / "dp" / "rank_1")  # only rank 0 writes
+
+
+def test_a_failing_worker_fails_the_launch_with_its_error(tmp_path):
+    p = launch("-n", "2", "--", *TINY, *DP2, "data.corpus=/no/such/corpus.txt", f"out_dir={tmp_path / 'r'}")
+    assert p.returncode == 2, p.stderr
+    assert "error: unknown corpus '/no/such/corpus.txt'" in p.stderr and "worker_" in p.stderr
+
+
+def test_failure_report_shows_the_crashed_workers_log_tail(tmp_path):
+    from mindllm.launch import failure_report
+
+    (tmp_path / "worker_0.log").write_text("[rank 0/2] step 2: loss 4.1\n")
+    (tmp_path / "worker_1.log").write_text(
+        "step 1\nTraceback (most recent call last):\n  File \"x.py\"\n[INFO] DISTRIBUTED(1) noise\n"
+        "RuntimeError: the device fell over\n")
+    status, message = failure_report(str(tmp_path), 2)
+    assert status == 1 and "worker 1 failed" in message and message.endswith("RuntimeError: the device fell over")
+    assert "[INFO]" not in message
+
+
+def test_semi_auto_parallel_on_cpu_is_one_clear_line(tmp_path):
+    bad = ["parallel.parallel_mode=semi_auto_parallel", "parallel.full_batch=true", f"out_dir={tmp_path / 'r'}"]
+    assert_clean_error(run("mindllm.train", *TINY, *bad), "only on GPU/Ascend")
+    assert_clean_error(launch("-n", "2", "--", *TINY, *bad), "only on GPU/Ascend")
+    assert not os.path.exists(tmp_path / "r" / "logs")  # refused before any worker started
+
+
+def test_cluster_config_is_checked_on_a_laptop():
+    """The 8-card Ascend YAML: its TP x PP x DP layout validates for 8 devices and is refused for 4."""
+    ok = launch("-n", "8", "--dry-run", "--", "configs/gpt2_ascend_8p.yaml")
+    assert ok.returncode == 0, ok.stderr
+    assert "data_parallel 2 x model_parallel 2 x pipeline_stage 2 - layout valid" in ok.stdout
+    assert "memory per device (estimate)" in ok.stdout
+    assert_clean_error(launch("-n", "4", "--dry-run", "--", "configs/gpt2_ascend_8p.yaml"), "= 8, but 4 devices")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--", "configs/gpt_char_shakespeare.yaml"], "give the number of workers"),
+    (["-n", "2", "configs/gpt_char_shakespeare.yaml"], "after '--'"),
+    (["-n", "two", "--", "configs/gpt_char_shakespeare.yaml"], "whole numbers"),
+    (["-n", "2", "--", "configs/gpt_char_shakespeare.yaml"], "stand_alone would train 2 independent copies"),
+])
+def test_launcher_mistakes(args, fragment):
+    assert_clean_error(launch(*args), fragment)
+
+
+def test_data_parallel_without_the_launcher():
+    assert_clean_error(run("mindllm.train", "configs/gpt_char_shakespeare_dp2.yaml"), "python -m mindllm.launch")
+
+
+@pytest.mark.parametrize("overrides, world, fragment", [
+    (["parallel.parallel_mode=data_parallel", "train.batch_size=5"], 2, "must divide evenly among the 2"),
+    (["parallel.parallel_mode=data_parallel", "parallel_config.model_parallel=2"], 2, "semi_auto_parallel"),
+    (["parallel.parallel_mode=data_parallel", "parallel_config.data_parallel=4"], 2, "4 but 2 workers"),
+    (["parallel.parallel_mode=semi_auto_parallel"], 2, "full_batch=true"),
+    (["parallel.parallel_mode=semi_auto_parallel", "parallel.full_batch=true", "parallel_config.model_parallel=3",
+      "parallel_config.data_parallel=2", "model.n_head=4"], 6, "n_head=4 must be divisible"),
+    (["parallel.parallel_mode=semi_auto_parallel", "parallel.full_batch=true", "parallel_config.pipeline_stage=2",
+      "model.n_layer=3"], 2, "n_layer=3 must be divisible"),
+    (["parallel.parallel_mode=semi_auto_parallel", "parallel.full_batch=true", "parallel_config.pipeline_stage=2",
+      "model.n_layer=4"], 2, "micro_batch_num=1 < pipeline_stage=2"),
+])
+def test_layout_validation(overrides, world, fragment):
+    cfg = load_config(None, overrides)
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        parallel.validate(cfg, "GPU", world)
+
+
+def test_valid_layouts_pass():
+    cfg = load_config("configs/gpt2_ascend_8p.yaml", [])
+    parallel.validate(cfg, "Ascend", 8)
+    parallel.validate(load_config("configs/gpt_char_shakespeare_dp2.yaml", []), "CPU", 2)
+
+
+def test_megatron_shard_strategies():
+    from mindllm.memory import Layout
+    from mindllm.models.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=50, n_layer=4, n_head=4, n_embd=32))
+    parallel.shard_gpt(model, Layout(data_parallel=2, model_parallel=2, pipeline_stage=2))
+    b = model.transformer.h[0]
+    assert b.attn.c_attn.matmul.in_strategy == ((2, 1), (1, 2))  # column parallel: output features split
+    assert b.mlp.c_fc.matmul.in_strategy == ((2, 1), (1, 2))
+    assert b.attn.c_proj.matmul.in_strategy == ((2, 2), (2, 1))  # row parallel: input features split
+    assert b.mlp.c_proj.matmul.in_strategy == ((2, 2), (2, 1))
+    assert b.attn.attention.qk.in_strategy == ((4, 1, 1), (4, 1, 1))
+    assert [blk.pipeline_stage for blk in model.transformer.h] == [0, 0, 1, 1]
+
+
+def test_megatron_split_is_the_same_mlp():
+    """What the strategies mean, in numpy: column-split W1, row-split W2, summed partial outputs (the AllReduce)
+    = the unsplit MLP."""
+    from mindllm.models.layers import gelu
+
+    rng = np.random.default_rng(0)
+    x, w1, w2 = rng.normal(size=(6, 8)), rng.normal(size=(8, 32)), rng.normal(size=(32, 8))
+
+    def g(a):
+        return gelu(Tensor(a.astype(np.float32))).asnumpy().astype(np.float64)
+
+    full = g(x @ w1) @ w2
+    parts = sum(g(x @ w1[:, i * 16:(i + 1) * 16]) @ w2[i * 16:(i + 1) * 16] for i in range(2))
+    np.testing.assert_allclose(parts, full, rtol=1e-5, atol=1e-4)
+
+
+def test_recompute_changes_memory_not_results(tiny_cfg):
+    from mindllm.train import train
+
+    out, lines = {}, []
+    for flag in ("false", "true"):
+        cfg = tiny_cfg("train.max_iters=4", "train.log_interval=1", f"parallel_config.recompute={flag}",
+                       out=f"r_{flag}")
+        train(cfg, log=lines.append)
+        out[flag] = final_weights(cfg.out_dir)[0]
+    assert any(line.startswith("recompute: 2 blocks") for line in lines)
+    for k in out["false"]:
+        np.testing.assert_allclose(out["true"][k], out["false"][k], rtol=0, atol=1e-6, err_msg=k)
