@@ -109,9 +109,12 @@ class _Follow:
         if data:
             self.pos += len(data)
             text = data.decode("utf-8", errors="replace")
-            sys.stdout.write("".join(line for line in text.splitlines(keepends=True)
-                                     if not _MS_LOG.match(line)))
-            sys.stdout.flush()
+            try:
+                sys.stdout.write("".join(line for line in text.splitlines(keepends=True)
+                                         if not _MS_LOG.match(line)))
+                sys.stdout.flush()
+            except BrokenPipeError:  # `... | head`: stop echoing, let the job finish
+                self.path = os.devnull
 
 
 def launch(n: int, train_args, port: int | None = None, log_dir: str | None = None, echo: bool = True) -> int:

@@ -30,17 +30,23 @@ def launch(*args):
                           env=dict(os.environ, GLOG_v="3"), timeout=600, cwd=ROOT)
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_two_workers_end_equal_to_one_process(tmp_path, small_corpus, accum):
+@pytest.mark.parametrize("accum, stop", [(1, None), (2, 2)])
+def test_two_workers_end_equal_to_one_process(tmp_path, small_corpus, accum, stop):
     """Same seed, data and global batch (8 rows: 4 per worker): the 2-worker run's weights and Adam moments equal
-    the one-process run's, and both ranks end bit-identical (same digest in their logs)."""
+    the one-process run's, and both ranks end bit-identical (same digest in their logs). With accumulation the
+    2-worker run is also stopped after `stop` steps and resumed."""
     common = TINY + [f"data.corpus={small_corpus}", "train.batch_size=8", f"train.grad_accum={accum}",
-                     "train.max_iters=6", "train.log_interval=2", "train.eval_interval=3", "train.lr=3e-3",
-                     "train.warmup_iters=0"]
-    p = launch("-n", "2", "--", *common, *DP2, f"out_dir={tmp_path / 'dp'}")
+                     "train.log_interval=2", "train.eval_interval=3", "train.lr=3e-3", "train.warmup_iters=0",
+                     "train.lr_decay_iters=6", "train.ckpt_interval=2"]
+    dp = [*common, *DP2, f"out_dir={tmp_path / 'dp'}"]
+    if stop:
+        first = launch("-n", "2", "--", *dp, f"train.max_iters={stop}")
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    p = launch("-n", "2", "--", *dp, "train.max_iters=6", f"resume={'true' if stop else 'false'}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert ("resumed from" in p.stdout) == bool(stop)
     assert "2 workers (data_parallel)" in p.stdout and "memory per device (estimate)" in p.stdout
-    one = run("mindllm.train", *common, f"out_dir={tmp_path / 'one'}")
+    one = run("mindllm.train", *common, "train.max_iters=6", f"out_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr[-3000:]
 
     (w2, o2), (w1, o1) = final_weights(tmp_path / "dp"), final_weights(tmp_path / "one")
@@ -55,7 +61,7 @@ def test_two_workers_end_equal_to_one_process(tmp_path, small_corpus, accum):
     # each rank reports its own rows' loss and the same global loss; the global one is what metrics.jsonl holds
     per_rank = [dict((int(s), (float(a), float(g))) for s, a, g in re.findall(
         r"step (\d+): loss ([\d.]+) on its 4 rows, ([\d.]+) on the global batch", text)) for text in logs]
-    assert per_rank[0].keys() == per_rank[1].keys() == {2, 4, 6}
+    assert per_rank[0].keys() == per_rank[1].keys() == ({4, 6} if stop else {2, 4, 6})
     for s in per_rank[0]:
         (a0, g0), (a1, g1) = per_rank[0][s], per_rank[1][s]
         assert g0 == g1 and a0 != a1 and abs((a0 + a1) / 2 - g0) < 1e-4
