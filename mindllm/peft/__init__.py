@@ -1,0 +1,2 @@
+"""Parameter-efficient fine-tuning (参数高效微调): LoRA (lora.py)."""
+from .lora import LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter, trainable_report, unmerge_lora  # noqa: F401

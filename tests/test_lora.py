@@ -1,0 +1,118 @@
+"""LoRA against its oracle, Hugging Face peft on the same tiny random BERT and GPT-2 (same weights, same adapter
+matrices, equal outputs), and its contracts: a fresh adapter changes nothing, merge/unmerge round-trip, only the
+adapter trains, the adapter file holds only adapter tensors."""
+import numpy as np
+import pytest
+from mindspore import Tensor
+from safetensors.numpy import load_file
+
+from mindllm.convert import from_hf
+from mindllm.errors import UserError
+from mindllm.peft import apply_lora, load_adapter, merge_lora, save_adapter, trainable_report, unmerge_lora
+from test_convert import BERT_HF, hf_model, i32, inputs, max_diff, ours, saved, theirs
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+
+CASES = {"BertForSequenceClassification": ["query", "value"], "GPT2LMHeadModel": ["c_attn", "c_fc"]}
+
+
+def randomise_b(model, seed=1):
+    """A fresh adapter's B is zero; give it values so the update is visible."""
+    rng = np.random.default_rng(seed)
+    for n, p in model.parameters_and_names():
+        if n.endswith(".lora_B"):
+            p.set_data(Tensor(rng.normal(0, 0.1, p.shape).astype(np.float32)))
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_lora_equals_peft(arch, tmp_path):
+    hf = hf_model(arch)
+    model = from_hf(saved(hf, tmp_path), log=None)
+    targets = CASES[arch]
+    adapted = apply_lora(model, r=4, alpha=8, targets=targets)
+    randomise_b(model)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
+                          fan_in_fan_out=arch.startswith("GPT2"))
+    wrapped = peft.get_peft_model(hf, cfg).eval()
+    ours_by_name = {n: p.asnumpy() for n, p in model.parameters_and_names() if ".lora_" in n}
+    copied = 0
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if ".lora_" not in name:
+                continue
+            key = name.replace("base_model.model.", "").replace(".default.weight", "")
+            p.copy_(torch.tensor(ours_by_name[key]))
+            copied += 1
+    assert copied == 2 * len(adapted) and len(adapted) == 2 * BERT_HF["num_hidden_layers"]
+    vocab = 50 if arch.startswith("GPT2") else BERT_HF["vocab_size"]
+    ids, tt, mask = inputs(vocab)
+    if arch.startswith("GPT2"):
+        mask = np.ones_like(mask)
+    assert max_diff(ours(model, arch, ids, tt, mask), theirs(wrapped, arch, ids, tt, mask), mask) <= 1e-4
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_fresh_adapter_changes_nothing_and_merge_round_trips(arch, tmp_path):
+    model = from_hf(saved(hf_model(arch), tmp_path), log=None)
+    vocab = 50 if arch.startswith("GPT2") else BERT_HF["vocab_size"]
+    ids, tt, mask = inputs(vocab)
+    base = ours(model, arch, ids, tt, mask)
+    weights = {n: p.asnumpy().copy() for n, p in model.parameters_and_names()}
+    apply_lora(model, r=2, alpha=4, targets=CASES[arch])
+    assert max_diff(ours(model, arch, ids, tt, mask), base, np.ones_like(mask)) == 0.0  # B = 0
+    randomise_b(model)
+    unmerged = ours(model, arch, ids, tt, mask)
+    assert max_diff(unmerged, base, np.ones_like(mask)) > 1e-3  # the adapter now matters
+    merge_lora(model)
+    assert max_diff(ours(model, arch, ids, tt, mask), unmerged, np.ones_like(mask)) <= 1e-5
+    unmerge_lora(model)
+    assert max_diff(ours(model, arch, ids, tt, mask), unmerged, np.ones_like(mask)) <= 1e-5
+    for n, p in model.parameters_and_names():
+        if n in weights:
+            np.testing.assert_allclose(p.asnumpy(), weights[n], atol=1e-6, err_msg=n)
+
+
+def test_only_the_adapter_and_head_train_and_the_file_holds_only_them(tmp_path):
+    from mindllm.config import TrainConfig
+    from mindllm.models.layers import cross_entropy
+    from mindllm.optim import build_optimizer
+    from mindllm.train import make_steps
+
+    model = from_hf(saved(hf_model("BertForSequenceClassification"), tmp_path / "hf"), log=None)
+    apply_lora(model, r=4, alpha=8, targets=["query", "value"], train_also=("classifier.",))
+    report = trainable_report(model)
+    lora_n = 2 * 2 * 4 * (32 + 32)  # 2 layers x (q, v) x r x (in + out)
+    head_n = 32 * 3 + 3
+    assert report.startswith(f"trainable params: {lora_n + head_n:,} ||")
+    before = {n: p.asnumpy().copy() for n, p in model.parameters_and_names()}
+    model.set_train(True)
+
+    def loss_fn(ids, tt, mask, y):
+        return cross_entropy(model(ids, tt, mask), y)
+
+    step = make_steps(loss_fn, build_optimizer(model, TrainConfig(lr=1e-2, warmup_iters=0, max_iters=5)), 1.0,
+                      True)[0]
+    ids, tt, mask = inputs(BERT_HF["vocab_size"])
+    for _ in range(5):
+        step(i32(ids), i32(tt), i32(mask), i32([0, 2]))
+    changed = {n for n, p in model.parameters_and_names() if not np.array_equal(p.asnumpy(), before[n])}
+    trainable = {n for n, p in model.parameters_and_names() if ".lora_" in n or n.startswith("classifier.")}
+    assert changed == trainable
+    size = save_adapter(model, str(tmp_path / "adapter.safetensors"))
+    stored = load_file(str(tmp_path / "adapter.safetensors"))
+    assert set(stored) == trainable and size < 20_000
+    # a second copy of the base model with this adapter gives the trained model's outputs
+    other = from_hf(str(tmp_path / "hf"), log=None)
+    apply_lora(other, r=4, alpha=8, targets=["query", "value"], train_also=("classifier.",))
+    load_adapter(other, str(tmp_path / "adapter.safetensors"))
+    model.set_train(False)
+    arch = "BertForSequenceClassification"
+    assert max_diff(ours(other, arch, ids, tt, mask), ours(model, arch, ids, tt, mask), mask) == 0.0
+
+
+def test_unknown_target_names_the_layers():
+    from mindllm.models.gpt import GPT, GPTConfig
+
+    with pytest.raises(UserError, match="match no Linear layer; this model has: c_attn, c_fc, c_proj"):
+        apply_lora(GPT(GPTConfig(vocab_size=20, n_layer=1, n_head=2, n_embd=8)), targets=["query"])
