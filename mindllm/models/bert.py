@@ -64,9 +64,12 @@ class BertEmbeddings(nn.Cell):
         self.dropout = nn.Dropout(p=cfg.hidden_dropout_prob)
 
     def construct(self, input_ids, token_type_ids):
-        T = input_ids.shape[1]
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(ops.arange(T, dtype=ms.int32))
-             + self.token_type_embeddings(token_type_ids))
+        return self.from_vectors(self.word_embeddings(input_ids), token_type_ids)
+
+    def from_vectors(self, x, token_type_ids):
+        """The same from token vectors x (B, T, H) instead of ids: soft prompts enter here (peft's inputs_embeds)."""
+        T = x.shape[1]
+        x = x + self.position_embeddings(ops.arange(T, dtype=ms.int32)) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))
 
 
@@ -164,14 +167,25 @@ class Bert(nn.Cell):
         self.pooler = BertPooler(cfg) if add_pooling_layer else None
         self.n_head = cfg.num_attention_heads
 
-    def construct(self, input_ids, token_type_ids=None, attention_mask=None):
+    def construct(self, input_ids, token_type_ids=None, attention_mask=None, prompts=None):
+        """`prompts` (k, H): soft prompt vectors put before every row's tokens (prompt tuning, P-tuning), as Hugging
+        Face peft does: they take positions 0..k-1 and segment 0, and every position attends to them."""
         if token_type_ids is None:
             token_type_ids = ops.zeros_like(input_ids)
-        mask = None
-        if attention_mask is not None:  # (B, T) 1/0 -> additive (B*nh, 1, T)
-            B, T = attention_mask.shape
-            mask = per_head(((1.0 - attention_mask.astype(ms.float32)) * NEG_INF).reshape(B, 1, T), self.n_head)
-        return self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+        if attention_mask is None:
+            attention_mask = ops.ones_like(input_ids)
+        if prompts is None:
+            x = self.embeddings(input_ids, token_type_ids)
+        else:
+            B, k = input_ids.shape[0], prompts.shape[0]
+            vectors = ops.concat((ops.tile(prompts.reshape((1,) + prompts.shape), (B, 1, 1)),
+                                  self.embeddings.word_embeddings(input_ids)), 1)
+            lead = ops.zeros((B, k), token_type_ids.dtype)
+            x = self.embeddings.from_vectors(vectors, ops.concat((lead, token_type_ids), 1))
+            attention_mask = ops.concat((ops.ones((B, k), attention_mask.dtype), attention_mask), 1)
+        B, T = attention_mask.shape  # (B, T) 1/0 -> additive (B*nh, 1, T)
+        mask = per_head(((1.0 - attention_mask.astype(ms.float32)) * NEG_INF).reshape(B, 1, T), self.n_head)
+        return self.encoder(x, mask)
 
 
 def num_params(cell) -> int:
@@ -261,9 +275,10 @@ class BertForSequenceClassification(nn.Cell):
         self.bert = Bert(cfg)
         self.dropout = nn.Dropout(p=cfg.hidden_dropout_prob)
         self.classifier = Dense(cfg.hidden_size, cfg.num_labels)
+        self.prompt = None  # a soft-prompt Cell (mindllm.peft.prompt) for prompt tuning / P-tuning
 
     def construct(self, input_ids, token_type_ids=None, attention_mask=None):
-        h = self.bert(input_ids, token_type_ids, attention_mask)
+        h = self.bert(input_ids, token_type_ids, attention_mask, None if self.prompt is None else self.prompt())
         return self.classifier(self.dropout(self.bert.pooler(h)))
 
     def num_params(self) -> int:
