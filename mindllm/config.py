@@ -74,6 +74,21 @@ class ModelConfig:
 
 
 @dataclass
+class PeftConfig:
+    """Parameter-efficient fine-tuning of model.arch=bert_classifier (names after Hugging Face peft)."""
+    method: str = opt("none", choices=("none", "lora", "prompt", "ptuning"),
+                      doc="lora: low-rank updates beside frozen weights; prompt: trained soft-prompt vectors; "
+                          "ptuning: soft prompts from a small MLP; the classifier head trains in every case")
+    r: int = opt(8, lo=1, doc="lora: rank of the update")
+    alpha: float = opt(16.0, lo=0.0, lo_open=True, doc="lora: the update is scaled by alpha / r")
+    dropout: float = opt(0.0, lo=0.0, hi=0.9, doc="lora: dropout on the adapter's input")
+    targets: str = opt("query,value", doc="lora: comma-separated Linear names (query, key, value, dense, ...) or "
+                                          "globs over full names")
+    num_virtual_tokens: int = opt(20, lo=1, doc="prompt/ptuning: how many soft-prompt vectors")
+    encoder_hidden: int = opt(128, lo=1, doc="ptuning: width of the prompt encoder")
+
+
+@dataclass
 class DataConfig:
     corpus: str = opt("shakespeare", doc="shakespeare | peoples_daily | a path to a UTF-8 text file; "
                                          "dates (the seq2seq task) with model.arch=transformer")
@@ -129,6 +144,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     parallel_config: ParallelLayoutConfig = field(default_factory=ParallelLayoutConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)

@@ -293,6 +293,33 @@ def freeze(model, what: str, layers: int) -> None:
             p.requires_grad = False
 
 
+def add_peft(cfg, model) -> str:
+    """Apply the config's peft method to a BERT classifier (freezing the rest; the head trains). Returns it."""
+    p, m = cfg.peft, cfg.model
+    if p.method == "none":
+        return "none"
+    if m.freeze != "none" or m.freeze_layers:
+        raise UserError(f"peft.method={p.method} freezes the pretrained model itself; leave model.freeze=none and "
+                        f"model.freeze_layers=0")
+    head = ("classifier.",)
+    if p.method == "lora":
+        from .peft.lora import apply_lora
+
+        apply_lora(model, p.r, p.alpha, p.dropout, [t.strip() for t in p.targets.split(",") if t.strip()],
+                   train_also=head, seed=cfg.seed)
+        return f"LoRA r={p.r} alpha={p.alpha:g} on {p.targets}"
+    from .peft.prompt import apply_prompt
+
+    if m.block_size + p.num_virtual_tokens > model.config.max_position_embeddings:
+        raise UserError(f"model.block_size + peft.num_virtual_tokens = {m.block_size + p.num_virtual_tokens} exceeds "
+                        f"the model's {model.config.max_position_embeddings} positions")
+    # prompt tuning starts from the embeddings of randomly drawn vocabulary tokens (Lester et al. 2021)
+    ids = np.random.default_rng(cfg.seed).integers(min(1000, model.config.vocab_size // 2), model.config.vocab_size,
+                                                p.num_virtual_tokens)
+    apply_prompt(model, p.method, p.num_virtual_tokens, p.encoder_hidden, ids, train_also=head, seed=cfg.seed)
+    return f"{'prompt tuning' if p.method == 'prompt' else 'P-tuning'}, {p.num_virtual_tokens} virtual tokens"
+
+
 def classify_task(cfg) -> Task:
     """Fine-tune BERT for sentence classification (reviews_zh, tweets_en): cross-entropy on the pooled [CLS]
     vector; the final evaluation scores the whole test split beside the majority-class baseline."""
@@ -319,6 +346,7 @@ def classify_task(cfg) -> Task:
         raise UserError(f"model.freeze_layers={m.freeze_layers} but the model has {model.config.num_hidden_layers} "
                         f"layers")
     freeze(model, m.freeze, m.freeze_layers)
+    method = add_peft(cfg, model)
 
     def encode(part):
         b = tokenizer.batch(part.texts, max_length=m.block_size, padding="max_length")
@@ -355,7 +383,12 @@ def classify_task(cfg) -> Task:
         ids, types, attn, y = arrays["test"]
         ours = classification_metrics(predict(ids, types, attn), y, n_classes)
         base = classification_metrics(np.full_like(y, majority), y, n_classes)
-        return {**{f"test_{k}": v for k, v in ours.items()},
+        extra = {}
+        if method != "none":  # what one would ship: the trained tensors only
+            from .peft.lora import save_adapter
+
+            extra["adapter_bytes"] = save_adapter(model, os.path.join(cfg.out_dir, "adapter.safetensors"))
+        return {**extra, **{f"test_{k}": v for k, v in ours.items()},
                 **{f"majority_{k}": v for k, v in base.items() if k != "confusion"},
                 "classes": data.classes, "majority_class": data.classes[majority], "test_examples": int(len(y))}
 
@@ -363,6 +396,7 @@ def classify_task(cfg) -> Task:
     total = model.num_params()
     return Task(model, loss_fn, train_batches, eval_batches, tokenizer, baselines, t.batch_size * m.block_size,
                 final_eval, eval_metrics,
-                describe=f"BERT classifier {total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable "
-                         f"({trainable / total:.1%}; freeze={m.freeze}, freeze_layers={m.freeze_layers}) | "
+                describe=f"BERT classifier {total / 1e6:.2f}M params, {trainable / 1e6:.4f}M trainable "
+                         f"({trainable / total:.2%}; "
+                         f"{method if method != 'none' else f'freeze={m.freeze}, freeze_layers={m.freeze_layers}'}) | "
                          f"{cfg.data.corpus} ({n_classes} classes, {len(parts['train'].texts)} train) | from {origin}")
