@@ -1,0 +1,41 @@
+"""Instruction data: records from the real chatterbot-corpus, a question never in both splits, and loss masking
+that scores exactly the response tokens (+ EOS)."""
+import numpy as np
+
+from mindllm.data import gpt2
+from mindllm.data.instruct import IGNORE, encode_record, encode_records, load_records, prompt_text, split_records
+
+
+def test_records_from_the_real_corpus():
+    en, zh = load_records("english"), load_records("chinese")
+    assert len(en) == 2026 and len(zh) == 467
+    ai = [r for r in en if r["category"] == "ai"]
+    assert ai[0] == {"instruction": "What is AI?", "input": "", "category": "ai",
+                     "output": "Artificial Intelligence is the branch of engineering and science devoted to "
+                               "constructing machines that think."}
+
+
+def test_no_question_in_both_splits():
+    records = load_records("english")
+    train, test = split_records(records, 0.1, seed=0)
+    assert len(train) + len(test) == len(records) and 0.05 < len(test) / len(records) < 0.2
+    assert not {r["instruction"] for r in train} & {r["instruction"] for r in test}
+
+
+def test_only_the_response_is_scored():
+    tok = gpt2()
+    eos = tok.encode("<|endoftext|>")[0]
+    record = {"instruction": "What is AI?", "input": "", "output": "A branch of science."}
+    x, y = encode_record(record, tok, 48, eos, eos)
+    prompt, answer = tok.encode(prompt_text(record)), tok.encode(record["output"]) + [eos]
+    n = len(prompt) + len(answer)
+    np.testing.assert_array_equal(x[:n - 1], (prompt + answer)[:-1])
+    np.testing.assert_array_equal(y[len(prompt) - 1:n - 1], answer)  # the first answer token is predicted from
+    assert (y[:len(prompt) - 1] == IGNORE).all() and (y[n - 1:] == IGNORE).all()  # the prompt's last token
+    assert tok.decode([t for t in y if t != IGNORE]) == "A branch of science.<|endoftext|>"
+    # truncated answers keep their first tokens; prompts that do not fit are dropped
+    x2, y2 = encode_record({**record, "output": "word " * 100}, tok, 24, eos, eos)
+    assert (y2 != IGNORE).sum() == 24 - (len(prompt) - 1)
+    assert encode_record(record, tok, 5, eos, eos) is None
+    xs, ys, dropped = encode_records([record, record], tok, 48, eos, eos)
+    assert xs.shape == ys.shape == (2, 48) and dropped == 0
