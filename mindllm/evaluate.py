@@ -55,3 +55,18 @@ def classification_metrics(predictions, labels, n_classes: int) -> dict:
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
     return {"accuracy": float(tp.sum() / max(len(y), 1)), "precision": float(precision.mean()),
             "recall": float(recall.mean()), "f1": float(f1.mean()), "confusion": cm.tolist()}
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD's answer F1: harmonic mean of precision and recall of the lower-cased words two texts share (with
+    multiplicity); 1.0 for two empty texts."""
+    from collections import Counter
+
+    p, r = prediction.lower().split(), reference.lower().split()
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)

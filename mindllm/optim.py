@@ -31,5 +31,6 @@ def build_optimizer(model, train):
     params = model.trainable_params()
     groups = [{"params": [p for p in params if len(p.shape) >= 2], "weight_decay": train.weight_decay},
               {"params": [p for p in params if len(p.shape) < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]  # e.g. LoRA trains matrices only; MindSpore rejects empty groups
     return nn.AdamWeightDecay(groups, learning_rate=lr_schedule(train), beta1=train.beta1, beta2=train.beta2,
                               eps=1e-8)

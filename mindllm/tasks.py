@@ -5,6 +5,8 @@ baselines and the final evaluation. `mindllm.train` runs every one of them throu
     model.arch=transformer      seq2seq date normalisation (encoder-decoder)
     model.arch=bert             BERT pretraining: masked LM + next-sentence prediction on a text corpus
     model.arch=bert_classifier  BERT fine-tuning for text classification (sentiment)
+    model.arch=gpt with data.corpus=instructions_en|instructions_zh
+                                instruction tuning of a course GPT (model.init = its run) on Q/A records
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ class Task:
 
 def build_task(cfg) -> Task:
     builders = {"gpt": causal_lm_task, "transformer": dates_task, "bert": mlm_task, "bert_classifier": classify_task}
+    if cfg.model.arch == "gpt" and cfg.data.corpus in INSTRUCTIONS:
+        return instruct_task(cfg)
     return builders[cfg.model.arch](cfg)
 
 
@@ -293,15 +297,15 @@ def freeze(model, what: str, layers: int) -> None:
             p.requires_grad = False
 
 
-def add_peft(cfg, model) -> str:
-    """Apply the config's peft method to a BERT classifier (freezing the rest; the head trains). Returns it."""
+def add_peft(cfg, model, head=("classifier.",)) -> str:
+    """Apply the config's peft method (freezing the rest; parameters under `head` train too). Returns what it did,
+    or 'none'."""
     p, m = cfg.peft, cfg.model
     if p.method == "none":
         return "none"
     if m.freeze != "none" or m.freeze_layers:
         raise UserError(f"peft.method={p.method} freezes the pretrained model itself; leave model.freeze=none and "
                         f"model.freeze_layers=0")
-    head = ("classifier.",)
     if p.method == "lora":
         from .peft.lora import apply_lora
 
@@ -400,3 +404,102 @@ def classify_task(cfg) -> Task:
                          f"({trainable / total:.2%}; "
                          f"{method if method != 'none' else f'freeze={m.freeze}, freeze_layers={m.freeze_layers}'}) | "
                          f"{cfg.data.corpus} ({n_classes} classes, {len(parts['train'].texts)} train) | from {origin}")
+
+
+INSTRUCTIONS = {"instructions_en": "english", "instructions_zh": "chinese"}
+
+
+def instruct_task(cfg) -> Task:
+    """Instruction tuning (指令微调) of a GPT trained in the course (model.init = its run directory) on the
+    chatterbot-corpus Q/A records (data/instruct.py): the loss scores the response tokens only; peft.method=lora
+    adapts the named Linear layers (e.g. c_attn), else every weight trains. Evaluation uses held-out questions (no
+    question in both splits); the final one also answers them greedily, before and after tuning, scored by word
+    F1 against the reference answers."""
+    from .checkpoint import load_arrays, named_arrays
+    from .data.dataset import RowBatches
+    from .data.instruct import IGNORE, encode_records, load_records, prompt_text, split_records
+    from .evaluate import token_f1
+    from .models.gpt import GPT
+    from .models.layers import cross_entropy
+
+    m, t = cfg.model, cfg.train
+    if not m.init or not os.path.isfile(os.path.join(m.init, "config.yaml")):
+        raise UserError("instruction tuning starts from a GPT trained with mindllm: set model.init to the out_dir of a "
+                        f"model.arch=gpt run (got '{m.init}')")
+    from .train import load_trained
+
+    pre, _ = load_trained(m.init)
+    if not isinstance(pre.model, GPT):
+        raise UserError(f"model.init='{m.init}' is a {type(pre.model).__name__} run, not a GPT")
+    model, tokenizer = pre.model, pre.tokenizer
+    tokenizer.save(os.path.join(cfg.out_dir, "tokenizer.json"))
+    base_weights = named_arrays(model)  # the starting point, for the before/after answers
+    special = getattr(tokenizer, "special", {}) or {}
+    eos_text = "<|endoftext|>" if "<|endoftext|>" in special else "\n"  # a character model ends an answer at \n
+    eos = tokenizer.encode(eos_text)[0]
+    block = model.config.block_size
+
+    def usable(r):  # a character vocabulary cannot encode characters the pretraining text never had
+        try:
+            tokenizer.encode(prompt_text(r) + r["output"])
+            return eos_text != "\n" or "\n" not in r["output"]
+        except UserError:
+            return False
+
+    records = load_records(INSTRUCTIONS[cfg.data.corpus])
+    kept = [r for r in records if usable(r)]
+    if len(kept) < 20:
+        raise UserError(f"only {len(kept)} of {len(records)} records can be written with the tokenizer of "
+                        f"'{m.init}'; start from a run with a byte-level tokenizer (data.tokenizer=bpe or gpt2)")
+    train_r, test_r = split_records(kept, cfg.data.val_fraction, cfg.seed)
+    arrays = {k: encode_records(v, tokenizer, block, eos, eos) for k, v in (("train", train_r), ("test", test_r))}
+    head = add_peft(cfg, model, head=())
+    train_batches = RowBatches(arrays["train"][:2], t.batch_size, cfg.seed)
+    eval_batches = {"train": fixed_batches(RowBatches, (arrays["train"][:2], t.batch_size), cfg.seed + 1,
+                                           t.eval_iters),
+                    "val": fixed_batches(RowBatches, (arrays["test"][:2], t.batch_size), cfg.seed + 1, t.eval_iters)}
+    V = tokenizer.vocab_size
+    train_y, test_y = (arrays[k][1][arrays[k][1] != IGNORE] for k in ("train", "test"))
+    baselines = {"uniform": math.log(V), "unigram": unigram_loss(train_y, test_y, V)}
+
+    def loss_fn(x, y):
+        return cross_entropy(model(x), y, IGNORE)
+
+    def answers(net, n):
+        from .sample import complete
+
+        out = []
+        for r in test_r[:n]:
+            text = complete(net, tokenizer, prompt_text(r), block, temperature=0.0, notice=lambda *a: None)[0]
+            out.append(text.split(eos_text)[0].strip())
+        return out
+
+    def final_eval(model) -> dict:
+        n = cfg.data.test_examples or 50
+        base = GPT(model.config)
+        load_arrays(base, base_weights, m.init)
+        base.set_train(False)
+        after, before = answers(model, n), answers(base, n)
+        refs = [r["output"] for r in test_r[:n]]
+        frequent = max(set(r["output"] for r in train_r), key=[r["output"] for r in train_r].count)
+
+        def f1(preds):
+            return float(np.mean([token_f1(p, g) for p, g in zip(preds, refs)]))
+
+        extra = {}
+        if head != "none":
+            from .peft.lora import save_adapter
+
+            extra["adapter_bytes"] = save_adapter(model, os.path.join(cfg.out_dir, "adapter.safetensors"))
+        return {**extra, "answer_f1": f1(after), "pretrained_answer_f1": f1(before),
+                "frequent_answer_f1": f1([frequent] * len(refs)), "frequent_answer": frequent,
+                "questions_answered": len(refs),
+                "answers": [[r["instruction"], b, a] for r, b, a in zip(test_r[:8], before, after)]}
+
+    trainable = sum(int(np.prod(p.shape)) for p in model.trainable_params())
+    return Task(model, loss_fn, train_batches, eval_batches, tokenizer, baselines, t.batch_size * block, final_eval,
+                describe=f"instruction tuning of the GPT in {m.init} ({model.num_params() / 1e6:.2f}M params, "
+                         f"{trainable / 1e6:.3f}M trainable; {head if head != 'none' else 'all weights'}) | "
+                         f"{len(train_r)} train / {len(test_r)} held-out Q/A ({cfg.data.corpus}; "
+                         f"{len(records) - len(kept)} records the tokenizer cannot write, "
+                         f"{arrays['train'][2] + arrays['test'][2]} too long)")

@@ -350,6 +350,11 @@ def report(s: dict) -> str:
                  f"\nnext-sentence accuracy {s['nsp_accuracy']:.1%} | baseline: majority {s['nsp_majority']:.1%}")
     if "test_accuracy" in s:
         text += _classification_report(s)
+    if "answer_f1" in s:
+        text += (f"\nheld-out questions ({s['questions_answered']}), greedy answers, word F1 against the reference: "
+                 f"{s['answer_f1']:.3f} after tuning | baselines: before tuning {s['pretrained_answer_f1']:.3f}, "
+                 f"always the most frequent training answer {s['frequent_answer_f1']:.3f}")
+        text += "".join(f"\n  Q: {q!r}\n     before: {b!r}\n     after:  {a!r}" for q, b, a in s["answers"][:4])
     return text
 
 

@@ -39,3 +39,37 @@ def test_only_the_response_is_scored():
     assert encode_record(record, tok, 5, eos, eos) is None
     xs, ys, dropped = encode_records([record, record], tok, 48, eos, eos)
     assert xs.shape == ys.shape == (2, 48) and dropped == 0
+
+
+def test_lora_instruction_tuning_of_a_course_gpt(tmp_path, tiny_cfg):
+    """configs/instruct_lora_gpt_bpe.yaml on a tiny BPE GPT: only the LoRA matrices change, the adapter file holds
+    them alone, and the report answers held-out questions before and after."""
+    from safetensors.numpy import load_file
+
+    from mindllm.config import load_config
+    from mindllm.train import load_trained, train
+
+    pre = tiny_cfg("data.tokenizer=bpe", "data.vocab_size=300", "model.block_size=48", "train.max_iters=2",
+                   out="pre")
+    train(pre, log=lambda *a: None)
+    cfg = load_config("configs/instruct_lora_gpt_bpe.yaml", [
+        f"model.init={pre.out_dir}", f"out_dir={tmp_path / 'ift'}", "train.max_iters=3", "train.batch_size=4",
+        "train.eval_iters=1", "train.eval_interval=3", "data.test_examples=2", "train.progress=false"])
+    lines = []
+    summary = train(cfg, log=lines.append)
+    assert {"answer_f1", "pretrained_answer_f1", "frequent_answer_f1", "adapter_bytes"} <= summary.keys()
+    assert len(summary["answers"]) == 2 and "before tuning" in lines[-1]
+    before = load_trained(pre.out_dir)[0].model
+    after = load_trained(str(tmp_path / "ift"))[0].model
+    base = {n: p.asnumpy() for n, p in before.parameters_and_names()}
+    changed = {n for n, p in after.parameters_and_names() if n not in base or not np.array_equal(p.asnumpy(), base[n])}
+    assert changed and all(".lora_" in n for n in changed)
+    assert set(load_file(str(tmp_path / "ift" / "adapter.safetensors"))) == \
+        {n for n, _ in after.parameters_and_names() if ".lora_" in n}
+
+
+def test_instruction_tuning_needs_a_gpt_run(tmp_path):
+    from test_cli import assert_clean_error, run
+
+    assert_clean_error(run("mindllm.train", "configs/instruct_lora_gpt_bpe.yaml", f"model.init={tmp_path}",
+                           f"out_dir={tmp_path / 'r'}"), "set model.init to the out_dir of a model.arch=gpt run")
