@@ -12,10 +12,11 @@ Four parts, per device:
       elements = 4sbh + (4sbh + 2sbf + k*a*s^2*b) / t        (k = 2 with attention dropout, else 1)
       + dropout masks, 1 byte each: 2sbh + a*s^2*b / t       (only with dropout)
   which at 16 bits, f = 4h and dropout is the paper's sbh(10 + 24/t) + 5as^2b/t bytes. Full recompute keeps only
-  each layer's input (sbh elements). With pipeline parallelism (1F1B schedule) the first stage holds the
-  activations of up to `pipeline_stage` micro-batches at once.
-The estimate is for the busiest device, the first pipeline stage (it holds the embeddings); it ignores framework
-workspace, fragmentation and the temporary buffers of one layer's backward.
+  each layer's input (sbh elements). The loss needs the float32 logits of a micro-batch, s*b*V/t numbers.
+With pipeline parallelism (1F1B schedule) the first stage holds the token embedding and the activations of up
+to `pipeline_stage` micro-batches at once; the last stage holds one micro-batch, the logits and a copy of the
+(tied) embedding for the LM head. The estimate is the busier of the two, the device that runs out first; it
+ignores framework workspace, fragmentation and the temporary buffers of one layer's backward.
 """
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def layer_activation_bytes(s: int, b: int, h: int, a: int, f: int, t: int = 1, e
 def estimate(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: int, global_batch: int,
              layout: Layout = Layout(), precision: str = "fp32", ffn: int | None = None, bias: bool = True,
              dropout: bool = False) -> dict:
-    """Bytes per device (the first pipeline stage) to train a GPT with Adam: {'params', 'grads', 'optimizer',
-    'activations', 'total', 'micro_batch'}."""
+    """Bytes on the busiest device to train a GPT with Adam: {'params', 'grads', 'optimizer', 'activations',
+    'total', 'micro_batch', 'stage'}; stage is 'only' without pipelining, else 'first' or 'last'."""
     h, f, L = n_embd, ffn or 4 * n_embd, n_layer
     dp, t, pp, m = layout.data_parallel, layout.model_parallel, layout.pipeline_stage, layout.micro_batch_num
     if global_batch % (dp * m):
@@ -75,9 +76,8 @@ def estimate(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: int
         raise ValueError("n_layer must divide by pipeline_stage and n_head by model_parallel")
     bpp = PRECISION[precision]
     split, kept = gpt_layer_params(h, f, bias)
-    # first stage: its L/pp layers, the token embedding split by vocabulary across t, the positions; with one
-    # stage it is also the last and holds the final LayerNorm
-    n = (L // pp) * (split / t + kept) + vocab * h / t + block_size * h + ((2 * h if bias else h) if pp == 1 else 0)
+    layers = (L // pp) * (split / t + kept)  # one stage's blocks: split matrices / t, LayerNorms and row biases whole
+    ln_f = 2 * h if bias else h
     shard = {"params": dp if layout.zero >= 3 else 1, "grads": dp if layout.zero >= 2 else 1,
              "optimizer": dp if layout.zero >= 1 else 1}
     b = global_batch // (dp * m)  # rows per micro-batch on one device
@@ -85,13 +85,21 @@ def estimate(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: int
         per_layer = block_size * b * h * bpp["activation"]  # the layer input only
     else:
         per_layer = layer_activation_bytes(block_size, b, h, n_head, f, t, bpp["activation"], dropout)
-    in_flight = min(pp, m) if pp > 1 else 1
-    logits = block_size * b * vocab / t * 4 if pp == 1 else 0  # float32 logits for the loss, on the last stage
-    out = {"params": n * bpp["weight"] / shard["params"],
-           "grads": n * bpp["grad"] / shard["grads"],
-           "optimizer": n * bpp["optimizer"] / shard["optimizer"],
-           "activations": (L // pp) * per_layer * in_flight + logits}
-    out["total"] = sum(out.values())
+    logits = block_size * b * vocab / t * 4  # float32, for the loss
+    embed = vocab * h / t  # the token embedding, split by vocabulary across the tensor-parallel devices
+
+    def device(n, activations):
+        out = {"params": n * bpp["weight"] / shard["params"], "grads": n * bpp["grad"] / shard["grads"],
+               "optimizer": n * bpp["optimizer"] / shard["optimizer"], "activations": activations}
+        out["total"] = sum(out.values())
+        return out
+
+    if pp == 1:
+        out = dict(device(layers + embed + block_size * h + ln_f, L * per_layer + logits), stage="only")
+    else:
+        first = device(layers + embed + block_size * h, (L // pp) * per_layer * min(pp, m))
+        last = device(layers + embed + ln_f, (L // pp) * per_layer + logits)
+        out = dict(first, stage="first") if first["total"] >= last["total"] else dict(last, stage="last")
     out["micro_batch"] = b
     return out
 
@@ -101,9 +109,10 @@ def gib(x: float) -> str:
 
 
 def describe(est: dict) -> str:
+    where = "" if est.get("stage", "only") == "only" else f", the {est['stage']} pipeline stage"
     return (f"memory per device (estimate): {gib(est['total'])} = params {gib(est['params'])} + grads "
             f"{gib(est['grads'])} + optimizer {gib(est['optimizer'])} + activations {gib(est['activations'])} "
-            f"(micro-batch {est['micro_batch']})")
+            f"(micro-batch {est['micro_batch']}{where})")
 
 
 def model_dims(model) -> dict:

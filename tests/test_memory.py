@@ -61,13 +61,16 @@ def test_tensor_pipeline_data_layout_by_hand():
     e = estimate(**GPT2_SMALL, global_batch=32, precision="mixed", dropout=True,
                  layout=Layout(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=4, zero=1,
                                recompute=True))
-    # first stage: 6 layers, each 7,083,264 split parameters / 2 + 4,608 kept; wte / 2; wpe whole
-    n = 6 * (7_083_264 / 2 + 4_608) + 50257 * 768 / 2 + 1024 * 768
-    assert n == 41_362_560
-    assert e["params"] == 2 * n and e["grads"] == 2 * n and e["optimizer"] == 12 * n / 2
-    # micro-batch 32 / (2 x 4) = 4 rows; 6 layers x layer input (1024 x 4 x 768 x 2 bytes) x 2 micro-batches in flight
-    assert e["micro_batch"] == 4
-    assert e["activations"] == 6 * 1024 * 4 * 768 * 2 * 2
+    # each stage: 6 layers of 7,083,264 split parameters / 2 + 4,608 kept; the token embedding / 2 (vocab-parallel)
+    # first stage: + positions; 2 micro-batches in flight (1F1B), each 6 layer inputs of 1024 x 4 x 768 x 2 bytes
+    first_n = 6 * (7_083_264 / 2 + 4_608) + 50257 * 768 / 2 + 1024 * 768
+    first = (2 + 2 + 12 / 2) * first_n + 6 * 1024 * 4 * 768 * 2 * 2
+    # last stage: + ln_f and the tied LM head's embedding copy; one micro-batch in flight + its float32 logits / 2
+    last_n = 6 * (7_083_264 / 2 + 4_608) + 50257 * 768 / 2 + 2 * 768
+    last = (2 + 2 + 12 / 2) * last_n + 6 * 1024 * 4 * 768 * 2 + 1024 * 4 * 50257 / 2 * 4
+    assert (first_n, last_n) == (41_362_560, 40_577_664) and first < last
+    assert e["stage"] == "last" and e["micro_batch"] == 4
+    assert e["params"] == 2 * last_n and e["optimizer"] == 12 * last_n / 2 and e["total"] == last == 855_230_720
 
 
 def test_bad_layouts_are_refused():
