@@ -79,7 +79,11 @@ def make_steps(loss_fn, optimizer, grad_clip: float, compile_: bool, scaler=None
         return clip_and_update(tuple(g * scale for g in grads))
 
     wrap = ms.jit if compile_ else (lambda f: f)
-    return wrap(step), wrap(grads), wrap(accumulate), wrap(apply)
+    accumulate_, apply_ = wrap(accumulate), wrap(apply)
+    # a tuple of Tensors passed to a compiled function is a constant of the graph unless marked mutable: every new
+    # set of gradients recompiled `accumulate` and `apply` (measured: 15 s per accumulated step instead of 0.4 s)
+    return (wrap(step), wrap(grads), lambda a, b: accumulate_(ms.mutable(a), ms.mutable(b)),
+            lambda g, scale: apply_(ms.mutable(g), scale))
 
 
 def _quiet(*args, **kwargs):
@@ -279,7 +283,9 @@ def _train(cfg, log):
     records = metrics.read()
     plot_metrics(records, task.baselines, os.path.join(cfg.out_dir, "loss.png"))
     evals = [r for r in records if "val_loss" in r]
-    summary = {"steps": t.max_iters, "params": n_params, "vocab_size": task.tokenizer.vocab_size,
+    summary = {"steps": t.max_iters, "params": n_params,
+               "trainable_params": sum(int(np.prod(p.shape)) for p in model.trainable_params()),
+               "vocab_size": task.tokenizer.vocab_size,
                "val_loss": evals[-1]["val_loss"], "val_perplexity": math.exp(evals[-1]["val_loss"]),
                "untrained_val_loss": evals[0]["val_loss"] if evals[0]["step"] == 0 else None,
                "uniform_loss": task.baselines["uniform"], "unigram_val_loss": task.baselines["unigram"],
