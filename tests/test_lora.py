@@ -133,6 +133,7 @@ def test_peft_config_fine_tunes_real_minilm_through_the_loop(tmp_path, method):
     summary = train(cfg, log=lambda *a: None)
     stored = load_file(str(tmp_path / "run" / "adapter.safetensors"))
     assert summary["adapter_bytes"] == (tmp_path / "run" / "adapter.safetensors").stat().st_size
+    assert summary["trainable_params"] == sum(v.size for v in stored.values())
     task, _ = load_trained(str(tmp_path / "run"))
     trained = {n: p.asnumpy() for n, p in task.model.parameters_and_names()}
     assert set(stored) == {n for n, p in task.model.parameters_and_names() if p.requires_grad}
