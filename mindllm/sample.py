@@ -147,8 +147,16 @@ def load_run(path: str):
     cfg = load_config(os.path.join(out_dir, "config.yaml"))
     tokenizer = load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
     m = cfg.model
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=m.block_size, n_layer=m.n_layer,
-                          n_head=m.n_head, n_embd=m.n_embd, dropout=0.0, bias=m.bias))
+    if m.arch == "gpt" and m.init:  # instruction tuning: the GPT of the run it started from, with its adapters
+        model = load_run(m.init)[0]
+        if cfg.peft.method == "lora":
+            from .peft.lora import apply_lora
+
+            apply_lora(model, cfg.peft.r, cfg.peft.alpha, 0.0,
+                       [t.strip() for t in cfg.peft.targets.split(",") if t.strip()])
+    else:
+        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=m.block_size, n_layer=m.n_layer,
+                              n_head=m.n_head, n_embd=m.n_embd, dropout=0.0, bias=m.bias))
     weights, _, _ = read_checkpoint(ckpt)
     load_arrays(model, weights, ckpt)
     model.set_train(False)

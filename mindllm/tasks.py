@@ -433,7 +433,8 @@ def instruct_task(cfg) -> Task:
         raise UserError(f"model.init='{m.init}' is a {type(pre.model).__name__} run, not a GPT")
     model, tokenizer = pre.model, pre.tokenizer
     tokenizer.save(os.path.join(cfg.out_dir, "tokenizer.json"))
-    base_weights = named_arrays(model)  # the starting point, for the before/after answers
+    # the starting point, for the before/after answers: copies, since asnumpy() shares memory with the Parameters
+    base_weights = {k: v.copy() for k, v in named_arrays(model).items()}
     special = getattr(tokenizer, "special", {}) or {}
     eos_text = "<|endoftext|>" if "<|endoftext|>" in special else "\n"  # a character model ends an answer at \n
     eos = tokenizer.encode(eos_text)[0]

@@ -66,6 +66,36 @@ def test_lora_instruction_tuning_of_a_course_gpt(tmp_path, tiny_cfg):
     assert changed and all(".lora_" in n for n in changed)
     assert set(load_file(str(tmp_path / "ift" / "adapter.safetensors"))) == \
         {n for n, _ in after.parameters_and_names() if ".lora_" in n}
+    # python -m mindllm.sample --ckpt on the tuned run: the base GPT with the run's adapters
+    from mindllm.sample import load_run
+    from mindspore import Tensor
+
+    sampler = load_run(str(tmp_path / "ift"))[0]
+    x = Tensor(np.arange(24, dtype=np.int32).reshape(2, 12) % 300)
+    np.testing.assert_allclose(sampler(x).asnumpy(), after(x).asnumpy(), atol=1e-6)
+
+
+def test_full_tuning_reports_the_pretrained_answers_as_before(tmp_path, tiny_cfg):
+    """peft.method=none trains every weight: the 'before' answers must still come from the starting weights."""
+    from mindllm.config import load_config
+    from mindllm.sample import complete
+    from mindllm.train import load_trained, train
+
+    pre = tiny_cfg("data.tokenizer=bpe", "data.vocab_size=300", "model.block_size=48", "train.max_iters=2",
+                   out="pre")
+    train(pre, log=lambda *a: None)
+    cfg = load_config("configs/instruct_lora_gpt_bpe.yaml", [
+        f"model.init={pre.out_dir}", f"out_dir={tmp_path / 'ift'}", "peft.method=none", "train.lr=0.05",
+        "train.warmup_iters=0", "train.max_iters=5", "train.batch_size=4", "train.eval_iters=1",
+        "train.eval_interval=5", "data.test_examples=3", "train.progress=false"])
+    summary = train(cfg, log=lambda *a: None)
+    base = load_trained(pre.out_dir)[0]
+    eos = "<|endoftext|>" if "<|endoftext|>" in (getattr(base.tokenizer, "special", {}) or {}) else "\n"
+    for question, before, after in summary["answers"]:
+        text = complete(base.model, base.tokenizer, prompt_text({"instruction": question, "input": ""}), 48,
+                        temperature=0.0, notice=lambda *a: None)[0]
+        assert before == text.split(eos)[0].strip()
+    assert any(b != a for _, b, a in summary["answers"])  # training changed the answers: the check can fail
 
 
 def test_instruction_tuning_needs_a_gpt_run(tmp_path):
