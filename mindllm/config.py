@@ -68,14 +68,17 @@ class ModelConfig:
     norm_first: bool = opt(True, doc="transformer only: pre-LN (true) or the original post-LN (false)")
     positions: str = opt("sinusoidal", choices=("sinusoidal", "learned"), doc="transformer only")
     init: str = opt("", doc="bert_classifier: '' (random), 'minilm' (real all-MiniLM-L6-v2), a Hugging Face "
-                            "directory, or the out_dir of a model.arch=bert run; the model's sizes then come from it")
+                            "directory, or the out_dir of a model.arch=bert run; gpt with data.corpus=instructions_*: "
+                            "the out_dir of the model.arch=gpt run to instruction-tune; the model's sizes then come "
+                            "from it")
     freeze: str = opt("none", choices=("none", "embeddings", "encoder"), doc="bert_classifier: parameters not trained")
     freeze_layers: int = opt(0, lo=0, doc="bert_classifier: also freeze the embeddings and the first k layers")
 
 
 @dataclass
 class PeftConfig:
-    """Parameter-efficient fine-tuning of model.arch=bert_classifier (names after Hugging Face peft)."""
+    """Parameter-efficient fine-tuning of model.arch=bert_classifier, and LoRA for instruction tuning a GPT (names
+    after Hugging Face peft)."""
     method: str = opt("none", choices=("none", "lora", "prompt", "ptuning"),
                       doc="lora: low-rank updates beside frozen weights; prompt: trained soft-prompt vectors; "
                           "ptuning: soft prompts from a small MLP; the classifier head trains in every case")
@@ -94,7 +97,8 @@ class DataConfig:
                                          "dates (the seq2seq task) with model.arch=transformer")
     train_examples: int = opt(50000, lo=1, doc="dates only: generated training pairs")
     test_examples: int = opt(0, lo=0, doc="held-out examples the final test scores: dates generates this many "
-                                          "(0: 2000); bert_classifier uses the first N of its test split (0: all)")
+                                          "(0: 2000); bert_classifier uses the first N of its test split (0: all); "
+                                          "instruction tuning answers N held-out questions (0: 50)")
     tokenizer: str = opt("char", choices=("char", "bpe", "hf_bpe", "gpt2", "hf_wordpiece", "bert_uncased"),
                          doc="bpe = mindllm's own byte-level BPE; hf_bpe = Hugging Face tokenizers'; gpt2 = the real "
                              "GPT-2 vocabulary; hf_wordpiece / bert_uncased for BERT")
