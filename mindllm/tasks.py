@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -482,7 +483,8 @@ def instruct_task(cfg) -> Task:
         base.set_train(False)
         after, before = answers(model, n), answers(base, n)
         refs = [r["output"] for r in test_r[:n]]
-        frequent = max(set(r["output"] for r in train_r), key=[r["output"] for r in train_r].count)
+        # ties go to the answer seen first (a max over a set would depend on the per-process string hash)
+        frequent = Counter(r["output"] for r in train_r).most_common(1)[0][0]
 
         def f1(preds):
             return float(np.mean([token_f1(p, g) for p, g in zip(preds, refs)]))
