@@ -148,12 +148,10 @@ def load_run(path: str):
     tokenizer = load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
     m = cfg.model
     if m.arch == "gpt" and m.init:  # instruction tuning: the GPT of the run it started from, with its adapters
-        model = load_run(m.init)[0]
-        if cfg.peft.method == "lora":
-            from .peft.lora import apply_lora
+        from .tasks import add_peft
 
-            apply_lora(model, cfg.peft.r, cfg.peft.alpha, 0.0,
-                       [t.strip() for t in cfg.peft.targets.split(",") if t.strip()])
+        model = load_run(m.init)[0]
+        add_peft(cfg, model, head=())  # the same adapters training added; the checkpoint then fills them
     else:
         model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=m.block_size, n_layer=m.n_layer,
                               n_head=m.n_head, n_embd=m.n_embd, dropout=0.0, bias=m.bias))
