@@ -3,6 +3,9 @@
 Parameter names and layouts follow Hugging Face GPT-2 (`weight`/`bias`, Linear weights stored (in, out) like
 its Conv1D), so importing a checkpoint is a loop over names. Written with `ops.*` primitives that have CPU
 kernels in MindSpore 2.10.
+
+On CPU, the bias add, LayerNorm, GELU and the causal softmax run as fused kernels (mindllm/kernels, same math in
+one pass); each layer keeps its plain formulation below, which runs everywhere else and with MINDLLM_KERNELS=plain.
 """
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import math
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
+
+from .. import kernels
 
 
 def mm_dtype(cell, *xs):
@@ -26,6 +31,12 @@ def set_compute_dtype(model, dtype) -> None:
     for _, cell in model.cells_and_names():
         if hasattr(cell, "compute_dtype"):
             cell.compute_dtype = dtype
+
+
+def _fused(name):
+    """The fused CPU kernel `name` (a Custom primitive with its backward), or None: then the plain ops run."""
+    k = kernels.fused()
+    return None if k is None else getattr(k, name)
 
 
 def _normal(shape, std, rng=None):
@@ -47,13 +58,14 @@ class Linear(nn.Cell):
         self.bias = _const((n_out,), 0.0) if bias else None
         self.matmul = ops.MatMul(transpose_b=out_in)
         self.compute_dtype = ms.float32
+        self.add_bias = _fused("add_bias")  # its gradient, a sum over rows, is slow as a MindSpore ReduceSum
 
     def construct(self, x):
         shape = x.shape
         a, w = mm_dtype(self, x.reshape(-1, shape[-1]), self.weight)
         y = self.matmul(a, w).astype(x.dtype)  # 2-D matmul: fastest kernel on CPU
         if self.bias is not None:
-            y = y + self.bias
+            y = self.add_bias(y, self.bias) if self.add_bias is not None else y + self.bias
         return y.reshape(shape[:-1] + (y.shape[-1],))
 
 
@@ -76,8 +88,12 @@ class LayerNorm(nn.Cell):
         self.weight = _const((dim,), 1.0)
         self.bias = _const((dim,), 0.0) if bias else None
         self.eps = eps
+        self.fused = _fused("layer_norm") if bias else None
+        self.eps_t = Tensor([eps], ms.float32)
 
     def construct(self, x):
+        if self.fused is not None:
+            return self.fused(x, self.weight, self.bias, self.eps_t)[0]
         mean = x.mean(-1, keep_dims=True)
         xc = x - mean
         var = (xc * xc).mean(-1, keep_dims=True)
@@ -108,10 +124,14 @@ class MLP(nn.Cell):
         self.c_proj = Linear(hidden, n_embd, bias, std=proj_std)
         self.dropout = nn.Dropout(p=dropout)
         self.relu = activation == "relu"
+        self.fused_gelu = _fused("gelu")
 
     def construct(self, x):
         h = self.c_fc(x)
-        h = ops.relu(h) if self.relu else gelu(h)
+        if self.relu:
+            h = ops.relu(h)
+        else:
+            h = self.fused_gelu(h) if self.fused_gelu is not None else gelu(h)
         return self.dropout(self.c_proj(h))
 
 
@@ -140,6 +160,8 @@ class Attention(nn.Cell):
         self.av = ops.BatchMatMul()
         self.dropout = nn.Dropout(p=dropout)
         self.compute_dtype = ms.float32
+        self.causal_softmax = _fused("causal_softmax")  # scale, mask and softmax in one pass
+        self.scale_t = Tensor([self.scale], ms.float32)
 
     def weights(self, q, k, mask):
         """The attention weights (B*nh, Tq, Tk); each row sums to 1."""
@@ -148,9 +170,13 @@ class Attention(nn.Cell):
             att = att + mask
         return ops.softmax(att, -1)
 
-    def construct(self, q, k, v, mask=None):
-        att = self.dropout(self.weights(q, k, mask))
-        return self.av(*mm_dtype(self, att, v)).astype(q.dtype)
+    def construct(self, q, k, v, mask=None, causal=False):
+        """causal=True: `mask` is the causal mask of Tq == Tk positions (the fused kernel applies it itself)."""
+        if causal and self.causal_softmax is not None:
+            att = self.causal_softmax(self.qk(*mm_dtype(self, q, k)).astype(q.dtype), self.scale_t)
+        else:
+            att = self.weights(q, k, mask)
+        return self.av(*mm_dtype(self, self.dropout(att), v)).astype(q.dtype)
 
 
 def split_heads(x, n_head):
@@ -245,16 +271,20 @@ class CausalSelfAttention(nn.Cell):
         self.mask = causal_mask(block_size)[0]
         self.av = ops.BatchMatMul()  # writes new keys/values into the cache
         self.compute_dtype = ms.float32
+        self.cached_attention = _fused("cached_attention")  # the decoding step below in one kernel
 
     def construct(self, x, cache=None, pos=None):
         B, T, C = x.shape
+        if cache is not None and self.cached_attention is not None:
+            y, k, v = self.cached_attention(self.c_attn(x), cache[0], cache[1], pos, self.attention.scale_t)
+            return self.resid_dropout(self.c_proj(y)), (k, v)
         q, k, v = ops.split(self.c_attn(x), C, axis=2)
         q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # (B*nh, T, hs)
         if cache is None:
             mask = self.mask[:T, :T]
         else:
             k, v, mask = self._use_cache(cache, k, v, pos, T)
-        y = merge_heads(self.attention(q, k, v, mask), B)  # attention over (T | block) keys -> (B, T, C)
+        y = merge_heads(self.attention(q, k, v, mask, cache is None), B)  # attention over (T | block) keys -> (B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
     def _use_cache(self, cache, k, v, pos, T):

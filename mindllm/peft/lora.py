@@ -30,7 +30,7 @@ class LoRALinear(Linear):
 
     def __init__(self, base: Linear, r: int, alpha: float, dropout: float = 0.0, rng=None):
         nn.Cell.__init__(self)
-        self.weight, self.bias, self.matmul = base.weight, base.bias, base.matmul
+        self.weight, self.bias, self.matmul, self.add_bias = base.weight, base.bias, base.matmul, base.add_bias
         self.compute_dtype = base.compute_dtype
         self.out_in = bool(base.matmul.transpose_b)  # weight stored (out, in) like nn.Linear (BERT) or (in, out)
         n_out, n_in = self.weight.shape if self.out_in else self.weight.shape[::-1]

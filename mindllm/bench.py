@@ -1,0 +1,416 @@
+"""`python -m mindllm.bench`: mindllm's GPT train step and decoding, side by side with a PyTorch reference.
+
+One invocation, one process tree: every measurement runs in a fresh worker process (so peak RSS is that
+framework's own), MindSpore and PyTorch workers alternate, and the table reports medians and ratios, never a lone
+absolute time: these machines are shared and noisy. Both sides train the same GPT (same shape, parameter count,
+batch, AdamW with weight-decay groups, global-norm clipping); the PyTorch side is nanoGPT's model.py in a few
+lines (PyTorch is a dev dependency, imported only in its workers).
+
+    python -m mindllm.bench                  # both shapes, JSON + Markdown in bench_out/
+    python -m mindllm.bench --quick          # CI smoke: the small shape, a few steps
+    python -m mindllm.bench --kernels plain  # mindllm without its fused CPU kernels, to see what they buy
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from .errors import UserError, cli
+
+# nanoGPT's CPU shape (its README's shakespeare_char on a laptop) and the 6L/6H/384 shape its GPU run uses
+SHAPES = {
+    "nanogpt-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12),
+    "6L-384-256": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=16),
+}
+VOCAB = 65  # shakespeare_char's vocabulary: speed does not depend on which tokens, only on how many
+DECODE_PROMPT = 16
+DECODE_REPEATS = 3  # generations per worker; the median is reported
+
+
+def flops_per_step(s: dict, n_params: int) -> float:
+    """Training FLOPs of one step (PaLM appendix B, as nanoGPT's estimate_mfu): 6N per token for the weights'
+    forward and backward, plus 12·L·T·C per token for attention's two matmuls."""
+    T, L, C = s["block_size"], s["n_layer"], s["n_embd"]
+    return (6 * n_params + 12 * L * T * C) * T * s["batch_size"]
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _batches(s: dict, n: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shape = (s["batch_size"], s["block_size"])
+    return [(rng.integers(0, VOCAB, shape, dtype=np.int32), rng.integers(0, VOCAB, shape, dtype=np.int32))
+            for _ in range(n)]
+
+
+def _timed(step, batches, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+    """Run `warmup` untimed steps (graph compile, allocator warm-up), then `steps` timed ones."""
+    losses, times = [], []
+    for i in range(warmup + steps):
+        x, y = batches[i % len(batches)]
+        t0 = time.perf_counter()
+        loss = step(x, y)  # returns a Python float: the step has finished
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+        losses.append(loss)
+    return times, losses
+
+
+# ---------------------------------------------------------------- MindSpore workers
+
+def _ms_model(s: dict, block_size: int | None = None):
+    os.environ.setdefault("GLOG_v", "3")
+    from . import device
+    from .config import ContextConfig
+    from .models.gpt import GPT, GPTConfig
+
+    device.setup(ContextConfig(device_target="CPU"), seed=0)
+    cfg = GPTConfig(vocab_size=VOCAB, block_size=block_size or s["block_size"], n_layer=s["n_layer"],
+                    n_head=s["n_head"], n_embd=s["n_embd"])
+    return GPT(cfg)
+
+
+def ms_train(s: dict, warmup: int, steps: int) -> dict:
+    from mindspore import Tensor
+
+    from .config import TrainConfig
+    from .models.layers import cross_entropy
+    from .optim import build_optimizer
+    from .train import make_steps
+
+    model = _ms_model(s)
+    model.set_train(True)
+    optimizer = build_optimizer(model, TrainConfig(max_iters=warmup + steps + 1, warmup_iters=0))
+
+    def loss_fn(x, y):  # a def, not a lambda: graph mode compiles it
+        return cross_entropy(model(x), y)
+
+    step, *_ = make_steps(loss_fn, optimizer, 1.0, compile_=True)
+
+    def one(x, y):
+        return float(step(Tensor(x), Tensor(y))[0].asnumpy())
+
+    t0 = time.perf_counter()
+    one(*_batches(s, 1, seed=1)[0])  # the first call compiles the graph
+    compile_s = time.perf_counter() - t0
+    times, losses = _timed(one, _batches(s, 8), warmup, steps)
+    return {"step_s": times, "losses": losses, "params": model.num_params(non_embedding=False),
+            "compile_s": compile_s, "peak_rss_mb": _peak_rss_mb()}
+
+
+def ms_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
+    import numpy as np
+
+    from .sample import generate
+
+    model = _ms_model(s, block_size=DECODE_PROMPT + new_tokens)
+    prompt = np.random.default_rng(0).integers(0, VOCAB, (1, DECODE_PROMPT), dtype=np.int32)
+    generate(model, prompt, 2, kv_cache=kv_cache)  # compile both graphs
+    times = []
+    for _ in range(DECODE_REPEATS):
+        t0 = time.perf_counter()
+        out = generate(model, prompt, new_tokens, kv_cache=kv_cache, seed=0)
+        times.append(time.perf_counter() - t0)
+    return {"tokens_per_s": new_tokens / statistics.median(times), "tokens": out[0, DECODE_PROMPT:].tolist(),
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+# ---------------------------------------------------------------- PyTorch reference (nanoGPT's model.py)
+
+def torch_gpt(s: dict, block_size: int | None = None):
+    """nanoGPT's GPT, trimmed to what the bench runs: pre-LN blocks, fused c_attn, GELU(tanh) MLP, tied head,
+    biases, PyTorch's fused scaled_dot_product_attention. Parameter names equal mindllm's (HF GPT-2's); the
+    Linear weights are (out, in) where mindllm stores GPT-2's (in, out)."""
+    import math
+
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    C, H, T = s["n_embd"], s["n_head"], block_size or s["block_size"]
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+
+        def forward(self, x, past=None):
+            B, Tq, _ = x.shape
+            q, k, v = (t.view(B, Tq, H, C // H).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+            if past is not None:  # the KV cache: append this step's keys/values
+                k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=past is None)
+            return self.c_proj(y.transpose(1, 2).reshape(B, Tq, C)), (k, v)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(C), Attn(), nn.LayerNorm(C)
+            self.mlp = nn.Sequential()
+            self.mlp.c_fc, self.mlp.gelu, self.mlp.c_proj = nn.Linear(C, 4 * C), nn.GELU("tanh"), nn.Linear(4 * C, C)
+
+        def forward(self, x, past=None):
+            a, present = self.attn(self.ln_1(x), past)
+            x = x + a
+            return x + self.mlp(self.ln_2(x)), present
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = nn.Module()
+            self.transformer.wte, self.transformer.wpe = nn.Embedding(VOCAB, C), nn.Embedding(T, C)
+            self.transformer.h = nn.ModuleList(Block() for _ in range(s["n_layer"]))
+            self.transformer.ln_f = nn.LayerNorm(C)
+            for name, p in self.named_parameters():  # GPT-2's init, as mindllm's
+                if name.endswith("bias"):
+                    nn.init.zeros_(p)
+                elif p.dim() >= 2:
+                    std = 0.02 / math.sqrt(2 * s["n_layer"]) if name.endswith("c_proj.weight") else 0.02
+                    nn.init.normal_(p, 0.0, 0.01 if "wpe" in name else std)
+
+        def forward(self, idx, past=None, pos=0):
+            x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(pos, pos + idx.shape[1]))
+            presents = []
+            for i, block in enumerate(self.transformer.h):
+                x, present = block(x, None if past is None else past[i])
+                presents.append(present)
+            return self.transformer.ln_f(x) @ self.transformer.wte.weight.T, presents
+
+    return GPT()
+
+
+def torch_train(s: dict, warmup: int, steps: int) -> dict:
+    import torch
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    model = torch_gpt(s)
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
+
+    def one(x, y):
+        logits, _ = model(torch.from_numpy(x).long())
+        loss = F.cross_entropy(logits.view(-1, VOCAB), torch.from_numpy(y).long().view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss.item()
+
+    one(*_batches(s, 1, seed=1)[0])
+    times, losses = _timed(one, _batches(s, 8), warmup, steps)
+    return {"step_s": times, "losses": losses, "params": sum(p.numel() for p in params), "compile_s": 0.0,
+            "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads()}
+
+
+def torch_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
+    """nanoGPT's generate (the sequence grows; no padding), with or without a concatenating KV cache."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    model = torch_gpt(s, block_size=DECODE_PROMPT + new_tokens).eval()
+    prompt = torch.from_numpy(np.random.default_rng(0).integers(0, VOCAB, (1, DECODE_PROMPT))).long()
+
+    @torch.no_grad()
+    def run(n):
+        idx, past = prompt, None
+        for _ in range(n):
+            if kv_cache:
+                logits, past = model(idx if past is None else idx[:, -1:], past,
+                                     0 if past is None else idx.shape[1] - 1)
+            else:
+                logits, _ = model(idx)
+            p = torch.softmax(logits[:, -1], -1)
+            idx = torch.cat([idx, torch.multinomial(p, 1)], 1)
+        return idx
+
+    run(2)
+    times = []
+    for _ in range(DECODE_REPEATS):
+        t0 = time.perf_counter()
+        run(new_tokens)
+        times.append(time.perf_counter() - t0)
+    return {"tokens_per_s": new_tokens / statistics.median(times), "peak_rss_mb": _peak_rss_mb()}
+
+
+def matmul_peak(n: int = 1024, repeats: int = 20) -> dict:
+    """This machine's fp32 matmul throughput (PyTorch's BLAS, all its threads): the denominator of MFU."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return {"gflops": 2 * n ** 3 / best / 1e9, "n": n, "threads": torch.get_num_threads()}
+
+
+WORKERS = {"ms_train": ms_train, "torch_train": torch_train, "ms_decode": ms_decode, "torch_decode": torch_decode,
+           "matmul_peak": matmul_peak}
+
+
+# ---------------------------------------------------------------- the parent: spawn, alternate, summarise
+
+def _spawn(name: str, env: dict, **kwargs) -> dict:
+    cmd = [sys.executable, "-m", "mindllm.bench", "--worker", name, "--worker-args", json.dumps(kwargs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"bench worker {name} {kwargs} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    import mindspore
+    import numpy
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {"python": platform.python_version(), "mindspore": mindspore.__version__, "numpy": numpy.__version__}
+    try:
+        from importlib.metadata import version
+
+        versions["torch"] = version("torch")
+    except Exception:
+        versions["torch"] = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(), **versions}
+
+
+def run(shapes, repeats: int, warmup: int, steps: int, new_tokens: int, kernels: str, log=print) -> dict:
+    env = {"MINDLLM_KERNELS": kernels}
+    peak = _spawn("matmul_peak", env)
+    log(f"fp32 matmul peak: {peak['gflops']:.1f} GFLOP/s ({peak['threads']} threads)")
+    result = {"machine": machine(), "matmul_peak_gflops": peak["gflops"], "kernels": kernels, "shapes": {}}
+    for name in shapes:
+        s = SHAPES[name]
+        runs = {"ms": [], "torch": []}
+        for r in range(repeats):  # alternate which side goes first: drift in machine load hits both
+            for side in (("ms", "torch") if r % 2 == 0 else ("torch", "ms")):
+                out = _spawn(f"{side}_train", env, s=s, warmup=warmup, steps=steps)
+                runs[side].append(out)
+                log(f"{name} {side:5s} repeat {r + 1}/{repeats}: median step "
+                    f"{statistics.median(out['step_s']) * 1e3:.1f} ms, peak RSS {out['peak_rss_mb']:.0f} MB")
+        tokens = s["batch_size"] * s["block_size"]
+        row = {"shape": s, "tokens_per_step": tokens}
+        for side, outs in runs.items():
+            step_s = statistics.median(t for o in outs for t in o["step_s"])
+            n = outs[0]["params"]
+            row[side] = {"median_step_ms": step_s * 1e3, "tokens_per_s": tokens / step_s, "params": n,
+                         "peak_rss_mb": max(o["peak_rss_mb"] for o in outs),
+                         "mfu": flops_per_step(s, n) / step_s / (peak["gflops"] * 1e9),
+                         "compile_s": statistics.median(o["compile_s"] for o in outs),
+                         "first_losses": outs[0]["losses"][:3]}
+        if row["ms"]["params"] != row["torch"]["params"]:
+            raise RuntimeError(f"the two models differ: {row['ms']['params']} vs {row['torch']['params']} params")
+        row["speed_ratio"] = row["ms"]["tokens_per_s"] / row["torch"]["tokens_per_s"]
+        row["memory_ratio"] = row["ms"]["peak_rss_mb"] / row["torch"]["peak_rss_mb"]
+        row["decode"] = {}
+        generated = {}
+        for side in ("ms", "torch"):
+            for kv in (True, False):
+                out = _spawn(f"{side}_decode", env, s=s, new_tokens=new_tokens, kv_cache=kv)
+                row["decode"][f"{side}_{'kv' if kv else 'nokv'}"] = out["tokens_per_s"]
+                generated[(side, kv)] = out.get("tokens")
+        # same model, same seed: the cache must not change a single token
+        if generated[("ms", True)] != generated[("ms", False)]:
+            raise RuntimeError("mindllm's decoding with the KV cache differs from decoding without it")
+        row["decode"]["new_tokens"] = new_tokens
+        row["decode"]["kv_speedup"] = row["decode"]["ms_kv"] / row["decode"]["ms_nokv"]
+        result["shapes"][name] = row
+    return result
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, MindSpore {m['mindspore']}, "
+             f"PyTorch {m['torch']} (eager); fp32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s; "
+             f"mindllm kernels: {result['kernels']}.", "",
+             "| shape | params | framework | median step | tokens/s | MFU | peak RSS | mindllm / PyTorch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in result["shapes"].items():
+        s = row["shape"]
+        label = f"{s['n_layer']}L/{s['n_head']}H/{s['n_embd']}, B{s['batch_size']}×{s['block_size']}"
+        for side, fw in (("ms", "mindllm (MindSpore graph)"), ("torch", "PyTorch eager")):
+            r = row[side]
+            ratio = (f"{row['speed_ratio']:.2f}× tokens/s, {row['memory_ratio']:.2f}× memory" if side == "ms"
+                     else "1")
+            lines.append(f"| {label} | {r['params'] / 1e6:.2f}M | {fw} | {r['median_step_ms']:.1f} ms | "
+                         f"{r['tokens_per_s']:,.0f} | {r['mfu'] * 100:.1f}% | {r['peak_rss_mb']:,.0f} MB | {ratio} |")
+    lines += ["", "| shape | decoding, new tokens | mindllm KV cache | mindllm no cache | speed-up | "
+                  "PyTorch KV cache | PyTorch no cache |", "|---|---|---|---|---|---|---|"]
+    for name, row in result["shapes"].items():
+        d = row["decode"]
+        lines.append(f"| {name} | {d['new_tokens']} (prompt {DECODE_PROMPT}) | {d['ms_kv']:,.0f} tok/s | "
+                     f"{d['ms_nokv']:,.0f} tok/s | {d['kv_speedup']:.1f}× | {d['torch_kv']:,.0f} tok/s | "
+                     f"{d['torch_nokv']:,.0f} tok/s |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="python -m mindllm.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of: {', '.join(SHAPES)}")
+    ap.add_argument("--repeats", type=int, default=3, help="worker processes per framework and shape")
+    ap.add_argument("--steps", type=int, default=20, help="timed train steps per worker")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps after the compile")
+    ap.add_argument("--new-tokens", type=int, default=256, help="decoding length")
+    ap.add_argument("--kernels", default=os.environ.get("MINDLLM_KERNELS", "auto"), choices=("auto", "plain"),
+                    help="auto: mindllm's fused CPU kernels where they build; plain: pure MindSpore ops")
+    ap.add_argument("--quick", action="store_true", help="CI smoke: small shape, 1 repeat, 3 steps, 32 tokens")
+    ap.add_argument("--out", default="bench_out", help="directory for bench.json and bench.md")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-args", help=argparse.SUPPRESS)
+    return ap
+
+
+@cli
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](**json.loads(args.worker_args))))
+        return
+    shapes = [x.strip() for x in args.shapes.split(",") if x.strip()]
+    unknown = [x for x in shapes if x not in SHAPES]
+    if unknown:
+        raise UserError(f"unknown shape {unknown[0]!r}: use --shapes with any of {', '.join(SHAPES)}")
+    for flag in ("repeats", "steps", "new_tokens"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("the PyTorch reference needs torch: pip install -r requirements-dev.txt") from None
+    if args.quick:
+        shapes, args.repeats, args.steps, args.warmup, args.new_tokens = shapes[:1], 1, 3, 1, 32
+    result = run(shapes, args.repeats, args.warmup, args.steps, args.new_tokens, args.kernels,
+                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+    table = markdown(result)
+    with open(os.path.join(args.out, "bench.md"), "w", encoding="utf-8") as fh:
+        fh.write(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+// Fused float32 CPU kernels for mindllm's Transformer layers, called by MindSpore as ops.Custom(func_type="aot").
+// Each replaces a chain of small MindSpore ops (and the reductions of their gradients) with one pass over memory.
+// Every kernel has the same signature; params holds the inputs and then the outputs, shapes their dims.
+// Built by mindllm/kernels/__init__.py with -ffast-math, which lets g++ call glibc's vector expf/tanhf (8 floats
+// per instruction; scalar calls made the fused step slower than MindSpore's own ops). One thread per kernel:
+// MindSpore's pool runs the matmuls, and OpenMP threads here only competed with it (measured, see docs/performance.md).
+#include <cmath>
+#include <cstdint>
+
+#define AOT extern "C" int
+#define ARGS int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra
+
+static int64_t numel(int nd, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < nd; ++i) n *= shape[i];
+  return n;
+}
+
+// ---- LayerNorm over the last axis: y = (x - mean) * rstd * w + b; saves mean and rstd for the backward.
+// inputs x (..., C), w (C), b (C), eps (1) ; outputs y (..., C), mean (N), rstd (N)
+AOT LayerNormFwd(ARGS) {
+  const float *x = (const float *)params[0], *w = (const float *)params[1], *b = (const float *)params[2];
+  const float eps = ((const float *)params[3])[0];
+  float *y = (float *)params[4], *mean = (float *)params[5], *rstd = (float *)params[6];
+  const int64_t C = shapes[0][ndims[0] - 1], N = numel(ndims[0], shapes[0]) / C;
+  for (int64_t r = 0; r < N; ++r) {
+    const float *xr = x + r * C;
+    float *yr = y + r * C;
+    float m = 0.f;
+    for (int64_t c = 0; c < C; ++c) m += xr[c];
+    m /= C;
+    float v = 0.f;
+    for (int64_t c = 0; c < C; ++c) { float d = xr[c] - m; v += d * d; }
+    const float s = 1.f / std::sqrt(v / C + eps);
+    for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m) * s * w[c] + b[c];
+    mean[r] = m;
+    rstd[r] = s;
+  }
+  return 0;
+}
+
+// inputs dy, x, w, mean, rstd ; outputs dx, dw, db
+AOT LayerNormBwd(ARGS) {
+  const float *dy = (const float *)params[0], *x = (const float *)params[1], *w = (const float *)params[2];
+  const float *mean = (const float *)params[3], *rstd = (const float *)params[4];
+  float *dx = (float *)params[5], *dw = (float *)params[6], *db = (float *)params[7];
+  const int64_t C = shapes[0][ndims[0] - 1], N = numel(ndims[0], shapes[0]) / C;
+  for (int64_t c = 0; c < C; ++c) dw[c] = db[c] = 0.f;
+  for (int64_t r = 0; r < N; ++r) {
+    const float *xr = x + r * C, *g = dy + r * C;
+    const float m = mean[r], s = rstd[r];
+    float sum_gw = 0.f, sum_gwx = 0.f;
+#pragma omp simd reduction(+ : sum_gw, sum_gwx)
+    for (int64_t c = 0; c < C; ++c) {
+      const float xh = (xr[c] - m) * s, gw = g[c] * w[c];
+      sum_gw += gw;
+      sum_gwx += gw * xh;
+      dw[c] += g[c] * xh;
+      db[c] += g[c];
+    }
+    sum_gw /= C;
+    sum_gwx /= C;
+    float *dr = dx + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) dr[c] = s * (g[c] * w[c] - sum_gw - (xr[c] - m) * s * sum_gwx);
+  }
+  return 0;
+}
+
+// ---- GELU, tanh approximation (GPT-2's gelu_new). inputs x ; outputs y
+static const float kA = 0.7978845608028654f, kB = 0.044715f;
+AOT GeluFwd(ARGS) {
+  const float *x = (const float *)params[0];
+  float *y = (float *)params[1];
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    y[i] = 0.5f * v * (1.f + std::tanh(kA * (v + kB * v * v * v)));
+  }
+  return 0;
+}
+
+// inputs dy, x ; outputs dx
+AOT GeluBwd(ARGS) {
+  const float *dy = (const float *)params[0], *x = (const float *)params[1];
+  float *dx = (float *)params[2];
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i], t = std::tanh(kA * (v + kB * v * v * v));
+    dx[i] = dy[i] * (0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * kA * (1.f + 3.f * kB * v * v));
+  }
+  return 0;
+}
+
+// ---- Causal softmax of attention scores: y = softmax(x * scale + causal mask) over the last axis.
+// inputs x (BH, T, T), scale (1) ; outputs y. Entries above the diagonal are exactly 0 and are never read.
+AOT CausalSoftmaxFwd(ARGS) {
+  const float *x = (const float *)params[0];
+  const float scale = ((const float *)params[1])[0];
+  float *y = (float *)params[2];
+  const int64_t T = shapes[0][ndims[0] - 1], rows = numel(ndims[0], shapes[0]) / T;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t q = r % T;  // the query position: keys 0..q are visible
+    const float *xr = x + r * T;
+    float *yr = y + r * T;
+    float mx = -3.4e38f;  // not -INFINITY: -ffast-math assumes finite values
+    for (int64_t k = 0; k <= q; ++k) mx = std::fmax(mx, xr[k] * scale);
+    float s = 0.f;
+    for (int64_t k = 0; k <= q; ++k) { yr[k] = std::exp(xr[k] * scale - mx); s += yr[k]; }
+    const float inv = 1.f / s;
+    for (int64_t k = 0; k <= q; ++k) yr[k] *= inv;
+    for (int64_t k = q + 1; k < T; ++k) yr[k] = 0.f;
+  }
+  return 0;
+}
+
+// inputs dy, y, scale ; outputs dx = scale * y * (dy - sum(dy * y))
+AOT CausalSoftmaxBwd(ARGS) {
+  const float *dy = (const float *)params[0], *y = (const float *)params[1];
+  const float scale = ((const float *)params[2])[0];
+  float *dx = (float *)params[3];
+  const int64_t T = shapes[0][ndims[0] - 1], rows = numel(ndims[0], shapes[0]) / T;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t q = r % T;
+    const float *g = dy + r * T, *yr = y + r * T;
+    float *d = dx + r * T;
+    float dot = 0.f;
+    for (int64_t k = 0; k <= q; ++k) dot += g[k] * yr[k];
+    for (int64_t k = 0; k <= q; ++k) d[k] = scale * yr[k] * (g[k] - dot);
+    for (int64_t k = q + 1; k < T; ++k) d[k] = 0.f;
+  }
+  return 0;
+}
+
+// ---- The bias gradient: the column sums of dy (N, C), which MindSpore's CPU ReduceSum over axis 0 does slowly.
+// inputs dy ; outputs db (C)
+AOT ColumnSum(ARGS) {
+  const float *dy = (const float *)params[0];
+  float *db = (float *)params[1];
+  const int64_t C = shapes[0][ndims[0] - 1], N = numel(ndims[0], shapes[0]) / C;
+  for (int64_t c = 0; c < C; ++c) db[c] = 0.f;
+  for (int64_t r = 0; r < N; ++r) {
+    const float *g = dy + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) db[c] += g[c];
+  }
+  return 0;
+}
+
+// ---- y = x + b with b broadcast over rows; its backward is (dy, ColumnSum(dy)). inputs x (..., C), b (C)
+AOT AddBias(ARGS) {
+  const float *x = (const float *)params[0], *b = (const float *)params[1];
+  float *y = (float *)params[2];
+  const int64_t C = shapes[0][ndims[0] - 1], N = numel(ndims[0], shapes[0]) / C;
+  for (int64_t r = 0; r < N; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) y[r * C + c] = x[r * C + c] + b[c];
+  }
+  return 0;
+}
+
+// ---- One decoding step of causal self-attention with a static KV cache (generation only, no backward).
+// inputs qkv (B, T, 3C) = c_attn's output for T new tokens at positions pos..pos+T-1, cache_k and cache_v
+// (B*nh, S, hs), pos (int32 scalar), scale (1); outputs y (B, T, C) with heads merged, and the caches with the new
+// keys/values written at pos..pos+T-1. Replaces ~30 small ops per layer whose launches dominated a decoding step.
+AOT CachedAttention(ARGS) {
+  const float *qkv = (const float *)params[0], *ck = (const float *)params[1], *cv = (const float *)params[2];
+  const int64_t pos = ((const int32_t *)params[3])[0];
+  const float scale = ((const float *)params[4])[0];
+  float *y = (float *)params[5], *nk = (float *)params[6], *nv = (float *)params[7];
+  const int64_t B = shapes[0][0], T = shapes[0][1], C3 = shapes[0][2], C = C3 / 3;
+  const int64_t BH = shapes[1][0], S = shapes[1][1], hs = shapes[1][2], nh = BH / B;
+  for (int64_t i = 0; i < BH * S * hs; ++i) { nk[i] = ck[i]; nv[i] = cv[i]; }
+  for (int64_t b = 0; b < B; ++b)  // write the new keys and values
+    for (int64_t t = 0; t < T && pos + t < S; ++t)
+      for (int64_t h = 0; h < nh; ++h)
+        for (int64_t d = 0; d < hs; ++d) {
+          const float *row = qkv + (b * T + t) * C3 + h * hs + d;
+          nk[((b * nh + h) * S + pos + t) * hs + d] = row[C];
+          nv[((b * nh + h) * S + pos + t) * hs + d] = row[2 * C];
+        }
+  float *w = new float[S];
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < nh; ++h) {
+        const float *q = qkv + (b * T + t) * C3 + h * hs;
+        const float *K = nk + (b * nh + h) * S * hs, *V = nv + (b * nh + h) * S * hs;
+        const int64_t last = pos + t < S ? pos + t : S - 1;  // keys 0..last are visible
+        float mx = -3.4e38f, sum = 0.f;
+        for (int64_t k = 0; k <= last; ++k) {
+          float s = 0.f;
+#pragma omp simd reduction(+ : s)
+          for (int64_t d = 0; d < hs; ++d) s += q[d] * K[k * hs + d];
+          w[k] = s * scale;
+          mx = w[k] > mx ? w[k] : mx;
+        }
+        for (int64_t k = 0; k <= last; ++k) { w[k] = std::exp(w[k] - mx); sum += w[k]; }
+        float *out = y + (b * T + t) * C + h * hs;
+        for (int64_t d = 0; d < hs; ++d) out[d] = 0.f;
+        for (int64_t k = 0; k <= last; ++k) {
+          const float p = w[k] / sum;
+#pragma omp simd
+          for (int64_t d = 0; d < hs; ++d) out[d] += p * V[k * hs + d];
+        }
+      }
+  delete[] w;
+  return 0;
+}

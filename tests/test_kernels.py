@@ -1,0 +1,161 @@
+"""The fused CPU kernels (mindllm/kernels) against the plain MindSpore formulation they replace: forward values,
+gradients by MindSpore autograd of the plain ops, a training run's loss curve, and decoding."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Tensor
+
+from mindllm import kernels
+from mindllm.models import layers
+from mindllm.models.gpt import GPT, GPTConfig
+
+K = kernels.fused()
+pytestmark = pytest.mark.skipif(K is None, reason="the fused kernels need g++ (they fall back to plain ops)")
+
+rng = np.random.default_rng(0)
+
+
+def arr(*shape, scale=1.0):
+    return Tensor((rng.normal(size=shape) * scale).astype(np.float32))
+
+
+def plain_and_fused(monkeypatch, build):
+    """Build the same cell twice, with the plain ops and with the kernels, sharing one set of weights."""
+    monkeypatch.setenv("MINDLLM_KERNELS", "plain")
+    plain = build()
+    monkeypatch.setenv("MINDLLM_KERNELS", "auto")
+    fused = build()
+    for p, q in zip(plain.get_parameters(), fused.get_parameters()):
+        q.set_data(p.data.copy())
+    return plain, fused
+
+
+def grads_of(fn, args, weights):
+    """Output and gradients of sum(fn(*args) * a fixed random cotangent) w.r.t. the inputs and `weights`."""
+    out = fn(*args)
+    dy = Tensor(np.random.default_rng(1).normal(size=out.shape).astype(np.float32))
+
+    def loss(*a):
+        return (fn(*a) * dy).sum()
+
+    g_inputs, g_weights = ms.grad(loss, tuple(range(len(args))), weights)(*args)
+    g_inputs = (g_inputs,) if isinstance(g_inputs, Tensor) else tuple(g_inputs)
+    return out.asnumpy(), [t.asnumpy() for t in g_inputs + tuple(g_weights)]
+
+
+def assert_same(a, b, atol):
+    out_a, grads_a = a
+    out_b, grads_b = b
+    np.testing.assert_allclose(out_a, out_b, atol=atol, rtol=0)
+    for ga, gb in zip(grads_a, grads_b):
+        np.testing.assert_allclose(ga, gb, atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape,eps", [((3, 5, 16), 1e-5), ((7, 13), 1e-12), ((2, 4, 384), 1e-5)])
+def test_layer_norm_equals_plain(monkeypatch, shape, eps):
+    plain, fused = plain_and_fused(monkeypatch, lambda: layers.LayerNorm(shape[-1], eps=eps))
+    plain.weight.set_data(arr(shape[-1]))  # a non-trivial gain and shift, so their gradients are tested too
+    plain.bias.set_data(arr(shape[-1]))
+    fused.weight.set_data(plain.weight.data.copy())
+    fused.bias.set_data(plain.bias.data.copy())
+    x = arr(*shape, scale=3.0)
+    assert fused.fused is not None and plain.fused is None
+    assert_same(grads_of(plain, (x,), plain.trainable_params()),
+                grads_of(fused, (x,), fused.trainable_params()), atol=2e-5)
+
+
+def test_gelu_and_bias_equal_plain(monkeypatch):
+    plain, fused = plain_and_fused(monkeypatch, lambda: layers.MLP(24))
+    x = arr(4, 9, 24)
+    assert fused.fused_gelu is not None and fused.c_fc.add_bias is not None
+    assert_same(grads_of(plain, (x,), plain.trainable_params()),
+                grads_of(fused, (x,), fused.trainable_params()), atol=2e-5)
+
+
+def test_causal_softmax_equals_masked_softmax(monkeypatch):
+    plain, fused = plain_and_fused(monkeypatch, lambda: layers.CausalSelfAttention(32, 4, 16))
+    x = arr(3, 11, 32)  # T=11 < block 16: the mask is sliced
+    run = lambda cell: (lambda a: cell(a)[0])  # noqa: E731
+    assert_same(grads_of(run(plain), (x,), plain.trainable_params()),
+                grads_of(run(fused), (x,), fused.trainable_params()), atol=1e-5)
+
+
+@pytest.mark.parametrize("T,pos", [(1, 0), (1, 9), (3, 5), (2, 14)])
+def test_cached_attention_equals_plain_cache(monkeypatch, T, pos):
+    plain, fused = plain_and_fused(monkeypatch, lambda: layers.CausalSelfAttention(32, 4, 16))
+    x = arr(2, T, 32)
+    cache = (arr(2 * 4, 16, 8), arr(2 * 4, 16, 8))  # filled with junk: the mask must hide positions > pos + t
+    p = Tensor(pos, ms.int32)
+    (y0, (k0, v0)), (y1, (k1, v1)) = plain(x, cache, p), fused(x, cache, p)
+    np.testing.assert_allclose(y0.asnumpy(), y1.asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(k0.asnumpy(), k1.asnumpy(), atol=1e-6)
+    np.testing.assert_allclose(v0.asnumpy(), v1.asnumpy(), atol=1e-6)
+
+
+def test_training_loss_curve_equals_plain(monkeypatch):
+    """40 AdamW steps of a small GPT on real Shakespeare characters, compiled: the fast path's loss curve is the
+    plain one's (float32 summation order differs, nothing else)."""
+    from mindllm.config import TrainConfig
+    from mindllm.data import load_corpus
+    from mindllm.data.tokenizer import CharTokenizer
+    from mindllm.optim import build_optimizer
+    from mindllm.train import make_steps
+
+    text = load_corpus("shakespeare")[:50_000]
+    tok = CharTokenizer.train(text)
+    ids = np.array(tok.encode(text), dtype=np.int32)
+    starts = np.random.default_rng(0).integers(0, len(ids) - 33, size=(40, 8))
+    batches = [(ids[s[:, None] + np.arange(32)], ids[s[:, None] + np.arange(1, 33)]) for s in starts]
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=64)
+    plain, fused = plain_and_fused(monkeypatch, lambda: GPT(cfg))
+    curves = []
+    for model in (plain, fused):
+        model.set_train(True)
+
+        def loss_fn(x, y):
+            return layers.cross_entropy(model(x), y)
+
+        step, *_ = make_steps(loss_fn, build_optimizer(model, TrainConfig(max_iters=40, warmup_iters=5)), 1.0,
+                              compile_=True)
+        curves.append([float(step(Tensor(x), Tensor(y))[0].asnumpy()) for x, y in batches])
+    assert curves[0][-1] < curves[0][0] - 0.5  # it learned something
+    np.testing.assert_allclose(curves[1], curves[0], rtol=2e-4)
+    for p, q in zip(plain.get_parameters(), fused.get_parameters()):
+        np.testing.assert_allclose(q.asnumpy(), p.asnumpy(), atol=2e-4)
+
+
+def test_decoding_with_kernels_equals_plain(monkeypatch):
+    from mindllm.sample import generate
+
+    cfg = GPTConfig(vocab_size=50, block_size=24, n_layer=2, n_head=2, n_embd=32)
+    plain, fused = plain_and_fused(monkeypatch, lambda: GPT(cfg))
+    prompt = np.random.default_rng(2).integers(0, 50, (2, 5)).astype(np.int32)
+    want = generate(plain, prompt, 30, temperature=0.0)  # 30 > 24 - 5: the window slides and is re-encoded
+    assert (generate(fused, prompt, 30, temperature=0.0) == want).all()
+    assert (generate(fused, prompt, 30, temperature=0.0, kv_cache=False) == want).all()
+
+
+def test_without_a_compiler_the_plain_ops_run(tmp_path):
+    """No g++ on PATH: one warning, library() is None, and a model still builds and runs on the plain ops."""
+    code = ("from mindllm import kernels; import mindspore as ms; ms.set_device('CPU'); "
+            "from mindllm.models.gpt import GPT, GPTConfig; import numpy as np; "
+            "m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8)); "
+            "print(kernels.library(), kernels.fused(), m.transformer.ln_f.fused, "
+            "m(ms.Tensor(np.zeros((1, 8), np.int32))).shape)")
+    env = {**os.environ, "PATH": str(tmp_path), "MINDLLM_CACHE": str(tmp_path / "cache"), "GLOG_v": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", "None", "None", "(1,", "8,", "10)"]
+    assert "fused CPU kernels did not build" in out.stderr
+
+
+def test_bad_kernels_setting_is_one_line(monkeypatch):
+    from mindllm.errors import UserError
+
+    monkeypatch.setenv("MINDLLM_KERNELS", "fast")
+    with pytest.raises(UserError, match="MINDLLM_KERNELS='fast': use auto"):
+        kernels.fused()
