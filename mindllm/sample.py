@@ -78,9 +78,10 @@ class Decoder:
 
 
 def decoder_for(model, batch_size: int, compile_: bool) -> Decoder:
-    """One Decoder per (model, batch size, mode), kept on the model, so repeated calls reuse compiled graphs."""
+    """One Decoder per (model, batch size, mode), kept on the model, so repeated calls reuse compiled graphs.
+    The key includes the model's layer types: after apply_lora a stale graph would decode without the adapters."""
     cache = model.__dict__.setdefault("_mindllm_decoders", {})
-    key = (batch_size, compile_)
+    key = (batch_size, compile_, tuple(type(c).__name__ for _, c in model.cells_and_names()))
     if key not in cache:
         cache[key] = Decoder(model, batch_size, compile_)
     return cache[key]

@@ -139,6 +139,28 @@ def test_decoding_with_kernels_equals_plain(monkeypatch):
     assert (generate(fused, prompt, 30, temperature=0.0, kv_cache=False) == want).all()
 
 
+def test_lora_models_decode_through_their_adapters(monkeypatch):
+    """The fused decoding block reads the base weights only, so a block with LoRA adapters must take the plain path:
+    with non-zero adapters, the kernels' tokens equal the plain ops' and differ from the base model's."""
+    from mindllm.peft import apply_lora
+    from mindllm.sample import generate
+
+    cfg = GPTConfig(vocab_size=50, block_size=24, n_layer=2, n_head=2, n_embd=32)
+    plain, fused = plain_and_fused(monkeypatch, lambda: GPT(cfg))
+    prompt = np.random.default_rng(3).integers(0, 50, (1, 4)).astype(np.int32)
+    base = generate(fused, prompt, 12, temperature=0.0)
+    for model in (plain, fused):
+        apply_lora(model, r=4, targets=("c_attn", "c_fc"))
+        for name, p in model.parameters_and_names():
+            if "lora_B" in name:
+                p.set_data(Tensor(np.random.default_rng(4).normal(0, 0.5, p.shape).astype(np.float32)))
+    assert not fused.transformer.h[0]._decode_fusable()
+    tuned = generate(fused, prompt, 12, temperature=0.0)
+    assert (tuned == generate(plain, prompt, 12, temperature=0.0)).all()
+    assert (tuned == generate(fused, prompt, 12, temperature=0.0, kv_cache=False)).all()
+    assert not (tuned == base).all()
+
+
 def test_without_a_compiler_the_plain_ops_run(tmp_path):
     """No g++ on PATH: one warning, library() is None, and a model still builds and runs on the plain ops."""
     code = ("from mindllm import kernels; import mindspore as ms; ms.set_device('CPU'); "

@@ -115,5 +115,7 @@ class Kernels:
         self.cached_attention = op(  # decoding only: no bprop
             "CachedAttention", lambda qkv, k, v, pos, s: ([qkv[0], qkv[1], qkv[2] // 3], k, v),
             lambda *a: (f32, f32, f32))
+        self.decode_block = op(  # a whole GPT block for one decoding step: no bprop
+            "DecodeBlock", lambda x, *rest: (x, rest[12], rest[13]), lambda *a: (f32, f32, f32))
         self.add_bias = op("AddBias", lambda x, b: x, lambda x, b: f32, bias_bprop)
         self.causal_softmax = op("CausalSoftmaxFwd", lambda x, s: x, lambda x, s: f32, softmax_bprop)

@@ -162,16 +162,12 @@ AOT AddBias(ARGS) {
 }
 
 // ---- One decoding step of causal self-attention with a static KV cache (generation only, no backward).
-// inputs qkv (B, T, 3C) = c_attn's output for T new tokens at positions pos..pos+T-1, cache_k and cache_v
-// (B*nh, S, hs), pos (int32 scalar), scale (1); outputs y (B, T, C) with heads merged, and the caches with the new
-// keys/values written at pos..pos+T-1. Replaces ~30 small ops per layer whose launches dominated a decoding step.
-AOT CachedAttention(ARGS) {
-  const float *qkv = (const float *)params[0], *ck = (const float *)params[1], *cv = (const float *)params[2];
-  const int64_t pos = ((const int32_t *)params[3])[0];
-  const float scale = ((const float *)params[4])[0];
-  float *y = (float *)params[5], *nk = (float *)params[6], *nv = (float *)params[7];
-  const int64_t B = shapes[0][0], T = shapes[0][1], C3 = shapes[0][2], C = C3 / 3;
-  const int64_t BH = shapes[1][0], S = shapes[1][1], hs = shapes[1][2], nh = BH / B;
+// qkv (B, T, 3C) = c_attn's output for T new tokens at positions pos..pos+T-1; caches (B*nh, S, hs) are copied to
+// nk, nv with the new keys/values written at pos..pos+T-1; y (B, T, C) gets the attention output, heads merged.
+static void cached_attention(const float *qkv, const float *ck, const float *cv, int64_t pos, float scale,
+                             int64_t B, int64_t T, int64_t C, int64_t BH, int64_t S, int64_t hs,
+                             float *y, float *nk, float *nv) {
+  const int64_t C3 = 3 * C, nh = BH / B;
   for (int64_t i = 0; i < BH * S * hs; ++i) { nk[i] = ck[i]; nv[i] = cv[i]; }
   for (int64_t b = 0; b < B; ++b)  // write the new keys and values
     for (int64_t t = 0; t < T && pos + t < S; ++t)
@@ -206,5 +202,72 @@ AOT CachedAttention(ARGS) {
         }
       }
   delete[] w;
+}
+
+// inputs qkv (B, T, 3C), cache_k, cache_v (B*nh, S, hs), pos (int32 scalar), scale (1); outputs y, new k, new v
+AOT CachedAttention(ARGS) {
+  const int64_t C = shapes[0][2] / 3;
+  cached_attention((const float *)params[0], (const float *)params[1], (const float *)params[2],
+                   ((const int32_t *)params[3])[0], ((const float *)params[4])[0], shapes[0][0], shapes[0][1], C,
+                   shapes[1][0], shapes[1][1], shapes[1][2], (float *)params[5], (float *)params[6],
+                   (float *)params[7]);
+  return 0;
+}
+
+// ---- A whole GPT block for decoding: x + attn(ln_1(x)), then + mlp(ln_2(x)), with the KV cache. The per-token
+// matrices are single rows, so the ~14 MindSpore ops of a block cost more in launches than in arithmetic.
+static void layer_norm_row(const float *x, const float *w, const float *b, float eps, int64_t C, float *y) {
+  float m = 0.f, v = 0.f;
+  for (int64_t c = 0; c < C; ++c) m += x[c];
+  m /= C;
+  for (int64_t c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
+  const float s = 1.f / std::sqrt(v / C + eps);
+  for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - m) * s * w[c] + b[c];
+}
+
+// y = x W + bias for one row, W stored (in, out) as GPT-2's Conv1D
+static void row_matmul(const float *x, const float *W, const float *bias, int64_t n_in, int64_t n_out, float *y) {
+  for (int64_t o = 0; o < n_out; ++o) y[o] = bias[o];
+  for (int64_t i = 0; i < n_in; ++i) {
+    const float xi = x[i], *row = W + i * n_out;
+#pragma omp simd
+    for (int64_t o = 0; o < n_out; ++o) y[o] += xi * row[o];
+  }
+}
+
+// inputs x (B, T, C), ln_1 w b, c_attn w b, attn c_proj w b, ln_2 w b, c_fc w b, mlp c_proj w b,
+// cache_k, cache_v (B*nh, S, hs), pos (int32 scalar), scale (1), eps (1); outputs y (B, T, C), new k, new v
+AOT DecodeBlock(ARGS) {
+  const float *x = (const float *)params[0];
+  const float *const *p = (const float *const *)params;
+  const float *ln1w = p[1], *ln1b = p[2], *aw = p[3], *ab = p[4], *pw = p[5], *pb = p[6];
+  const float *ln2w = p[7], *ln2b = p[8], *fw = p[9], *fb = p[10], *mw = p[11], *mb = p[12];
+  const int64_t pos = ((const int32_t *)params[15])[0];
+  const float scale = p[16][0], eps = p[17][0];
+  float *y = (float *)params[18], *nk = (float *)params[19], *nv = (float *)params[20];
+  const int64_t B = shapes[0][0], T = shapes[0][1], C = shapes[0][2], H = shapes[9][1];
+  const int64_t N = B * T;
+  float *qkv = new float[N * 3 * C], *att = new float[N * C], *h = new float[C], *f = new float[H];
+  for (int64_t r = 0; r < N; ++r) {
+    layer_norm_row(x + r * C, ln1w, ln1b, eps, C, h);
+    row_matmul(h, aw, ab, C, 3 * C, qkv + r * 3 * C);
+  }
+  cached_attention(qkv, p[13], p[14], pos, scale, B, T, C, shapes[13][0], shapes[13][1], shapes[13][2], att, nk, nv);
+  for (int64_t r = 0; r < N; ++r) {
+    float *yr = y + r * C;
+    row_matmul(att + r * C, pw, pb, C, C, yr);
+    for (int64_t c = 0; c < C; ++c) yr[c] += x[r * C + c];  // residual
+    layer_norm_row(yr, ln2w, ln2b, eps, C, h);
+    row_matmul(h, fw, fb, C, H, f);
+#pragma omp simd
+    for (int64_t i = 0; i < H; ++i) f[i] = 0.5f * f[i] * (1.f + std::tanh(kA * (f[i] + kB * f[i] * f[i] * f[i])));
+    float *m = qkv + r * 3 * C;  // this row's qkv is no longer needed: reuse it for the MLP output
+    row_matmul(f, mw, mb, H, C, m);
+    for (int64_t c = 0; c < C; ++c) yr[c] += m[c];  // residual
+  }
+  delete[] qkv;
+  delete[] att;
+  delete[] h;
+  delete[] f;
   return 0;
 }

@@ -52,11 +52,14 @@ class Linear(nn.Cell):
     """y = x @ weight + bias, weight of shape (in, out) as GPT-2's Conv1D; with out_in=True stored (out, in) as
     PyTorch's nn.Linear (BERT), so either checkpoint layout loads without transposing."""
 
+    adapted = False  # LoRALinear: True (a fused kernel that reads `weight` alone would miss the adapter)
+
     def __init__(self, n_in, n_out, bias=True, std=0.02, rng=None, out_in=False):
         super().__init__()
         self.weight = _normal((n_out, n_in) if out_in else (n_in, n_out), std, rng)
         self.bias = _const((n_out,), 0.0) if bias else None
         self.matmul = ops.MatMul(transpose_b=out_in)
+        self.out_in = out_in
         self.compute_dtype = ms.float32
         self.add_bias = _fused("add_bias")  # its gradient, a sum over rows, is slow as a MindSpore ReduceSum
 

@@ -28,6 +28,8 @@ from ..models.layers import Linear, mm_dtype
 class LoRALinear(Linear):
     """A mindllm Linear (either weight layout) with a trainable low-rank update; shares the base's Parameters."""
 
+    adapted = True
+
     def __init__(self, base: Linear, r: int, alpha: float, dropout: float = 0.0, rng=None):
         nn.Cell.__init__(self)
         self.weight, self.bias, self.matmul, self.add_bias = base.weight, base.bias, base.matmul, base.add_bias
