@@ -2,10 +2,11 @@
 
 On CPU, MindSpore runs LayerNorm, GELU, the masked softmax and the bias gradients of the models as chains of small
 ops, each a pass over memory plus a launch; their gradients add reductions over rows that its CPU ReduceSum does
-slowly (profiled: 21 ms of a 97 ms nanoGPT-shape step were ReduceSum). `cpu_kernels.cc` does each in one OpenMP
-pass, forward and backward, called through `ops.Custom(func_type="aot")`.
+slowly (profiled: 21 ms of a 97 ms nanoGPT-shape step were ReduceSum). `cpu_kernels.cc` does each in one
+vectorised pass, forward and backward, called through `ops.Custom(func_type="aot")`; for decoding, a whole GPT
+block with its KV cache is one kernel. What each bought: docs/performance.md.
 
-The library is compiled on first use with the system's g++ and cached by the source's hash
+The library is compiled on first use with the system's g++ and cached by the hash of the source, flags and CPU
 (`$MINDLLM_CACHE`, default ~/.cache/mindllm). Where it cannot be used (GPU/Ascend, no compiler,
 `MINDLLM_KERNELS=plain`), `fused()` returns None and the layers run their plain MindSpore formulation, which is
 also the oracle the kernels are tested against (tests/test_kernels.py).
@@ -37,7 +38,8 @@ def mode() -> str:
 def library() -> str | None:
     """The compiled kernels' path, building them if needed; None (after one warning) when g++ fails."""
     with open(SOURCE, "rb") as fh:
-        digest = hashlib.sha256(fh.read() + " ".join(FLAGS).encode()).hexdigest()[:16]
+        # -march=native: a library built on one CPU may not run on another (a home directory shared by machines)
+        digest = hashlib.sha256(fh.read() + " ".join(FLAGS).encode() + _cpu().encode()).hexdigest()[:16]
     cache = os.environ.get("MINDLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mindllm")
     path = os.path.join(cache, f"cpu_kernels-{digest}.so")
     if os.path.exists(path):
@@ -57,6 +59,17 @@ def library() -> str | None:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _cpu() -> str:
+    """The CPU's instruction-set flags (what -march=native compiles for)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        import platform
+
+        return platform.machine()
 
 
 def fused() -> "Kernels | None":

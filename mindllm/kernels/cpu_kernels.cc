@@ -16,6 +16,19 @@ static int64_t numel(int nd, const int64_t *shape) {
   return n;
 }
 
+// One row of LayerNorm; returns the row's mean and 1/std for the backward pass.
+static void layer_norm_row(const float *x, const float *w, const float *b, float eps, int64_t C, float *y,
+                           float *mean = nullptr, float *rstd = nullptr) {
+  float m = 0.f, v = 0.f;
+  for (int64_t c = 0; c < C; ++c) m += x[c];
+  m /= C;
+  for (int64_t c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
+  const float s = 1.f / std::sqrt(v / C + eps);
+  for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - m) * s * w[c] + b[c];
+  if (mean) *mean = m;
+  if (rstd) *rstd = s;
+}
+
 // ---- LayerNorm over the last axis: y = (x - mean) * rstd * w + b; saves mean and rstd for the backward.
 // inputs x (..., C), w (C), b (C), eps (1) ; outputs y (..., C), mean (N), rstd (N)
 AOT LayerNormFwd(ARGS) {
@@ -23,19 +36,7 @@ AOT LayerNormFwd(ARGS) {
   const float eps = ((const float *)params[3])[0];
   float *y = (float *)params[4], *mean = (float *)params[5], *rstd = (float *)params[6];
   const int64_t C = shapes[0][ndims[0] - 1], N = numel(ndims[0], shapes[0]) / C;
-  for (int64_t r = 0; r < N; ++r) {
-    const float *xr = x + r * C;
-    float *yr = y + r * C;
-    float m = 0.f;
-    for (int64_t c = 0; c < C; ++c) m += xr[c];
-    m /= C;
-    float v = 0.f;
-    for (int64_t c = 0; c < C; ++c) { float d = xr[c] - m; v += d * d; }
-    const float s = 1.f / std::sqrt(v / C + eps);
-    for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m) * s * w[c] + b[c];
-    mean[r] = m;
-    rstd[r] = s;
-  }
+  for (int64_t r = 0; r < N; ++r) layer_norm_row(x + r * C, w, b, eps, C, y + r * C, mean + r, rstd + r);
   return 0;
 }
 
@@ -69,15 +70,13 @@ AOT LayerNormBwd(ARGS) {
 
 // ---- GELU, tanh approximation (GPT-2's gelu_new). inputs x ; outputs y
 static const float kA = 0.7978845608028654f, kB = 0.044715f;
+static inline float gelu(float v) { return 0.5f * v * (1.f + std::tanh(kA * (v + kB * v * v * v))); }
 AOT GeluFwd(ARGS) {
   const float *x = (const float *)params[0];
   float *y = (float *)params[1];
   const int64_t n = numel(ndims[0], shapes[0]);
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    y[i] = 0.5f * v * (1.f + std::tanh(kA * (v + kB * v * v * v)));
-  }
+  for (int64_t i = 0; i < n; ++i) y[i] = gelu(x[i]);
   return 0;
 }
 
@@ -216,14 +215,6 @@ AOT CachedAttention(ARGS) {
 
 // ---- A whole GPT block for decoding: x + attn(ln_1(x)), then + mlp(ln_2(x)), with the KV cache. The per-token
 // matrices are single rows, so the ~14 MindSpore ops of a block cost more in launches than in arithmetic.
-static void layer_norm_row(const float *x, const float *w, const float *b, float eps, int64_t C, float *y) {
-  float m = 0.f, v = 0.f;
-  for (int64_t c = 0; c < C; ++c) m += x[c];
-  m /= C;
-  for (int64_t c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
-  const float s = 1.f / std::sqrt(v / C + eps);
-  for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - m) * s * w[c] + b[c];
-}
 
 // y = x W + bias for one row, W stored (in, out) as GPT-2's Conv1D
 static void row_matmul(const float *x, const float *W, const float *bias, int64_t n_in, int64_t n_out, float *y) {
@@ -260,7 +251,7 @@ AOT DecodeBlock(ARGS) {
     layer_norm_row(yr, ln2w, ln2b, eps, C, h);
     row_matmul(h, fw, fb, C, H, f);
 #pragma omp simd
-    for (int64_t i = 0; i < H; ++i) f[i] = 0.5f * f[i] * (1.f + std::tanh(kA * (f[i] + kB * f[i] * f[i] * f[i])));
+    for (int64_t i = 0; i < H; ++i) f[i] = gelu(f[i]);
     float *m = qkv + r * 3 * C;  // this row's qkv is no longer needed: reuse it for the MLP output
     row_matmul(f, mw, mb, H, C, m);
     for (int64_t c = 0; c < C; ++c) yr[c] += m[c];  // residual

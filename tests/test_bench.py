@@ -1,0 +1,63 @@
+"""python -m mindllm.bench: a --quick smoke run end to end (times are never asserted: the machines are noisy), the
+two frameworks' models are the same model, and bad input is one line with exit status 2."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mindllm import bench
+
+
+def run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "mindllm.bench", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_quick_run_writes_json_and_markdown(tmp_path):
+    out = run("--quick", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "bench.json").read_text())
+    row = result["shapes"]["nanogpt-cpu"]
+    assert row["ms"]["params"] == row["torch"]["params"] == 4 * 12 * 128 ** 2 + 4 * 13 * 128 + 65 * 128 + 64 * 128 + 256
+    for side in ("ms", "torch"):
+        r = row[side]
+        assert r["median_step_ms"] > 0 and r["peak_rss_mb"] > 100 and 0 < r["mfu"] < 1
+        # both start from GPT-2's initialisation on the same 65-token vocabulary: loss ~ ln 65
+        assert abs(r["first_losses"][0] - np.log(65)) < 0.1
+    assert row["speed_ratio"] == pytest.approx(row["ms"]["tokens_per_s"] / row["torch"]["tokens_per_s"])
+    assert set(row["decode"]) >= {"ms_kv", "ms_nokv", "torch_kv", "torch_nokv", "kv_speedup"}
+    table = (tmp_path / "bench.md").read_text(encoding="utf-8")
+    assert "| 4L/4H/128, B12×64 | 0.81M | mindllm (MindSpore graph) |" in table and table in out.stdout
+
+
+def test_reference_is_the_same_gpt_as_mindllm():
+    """Copy mindllm's weights into the PyTorch reference (transposing GPT-2's (in, out) Linears): equal logits."""
+    import torch
+
+    s = dict(bench.SHAPES["nanogpt-cpu"], n_layer=2)
+    ms_model = bench._ms_model(s)
+    ms_model.set_train(False)
+    ref = bench.torch_gpt(s)
+    weights = {name: p.asnumpy() for name, p in ms_model.parameters_and_names()}
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            w = weights.pop(name)
+            p.copy_(torch.from_numpy(w.T.copy() if p.dim() == 2 and "wte" not in name and "wpe" not in name else w))
+    assert not weights  # every parameter has its counterpart
+    idx = np.random.default_rng(0).integers(0, bench.VOCAB, (2, s["block_size"])).astype(np.int32)
+    from mindspore import Tensor
+
+    want = ms_model(Tensor(idx)).asnumpy()
+    got = ref(torch.from_numpy(idx).long())[0].detach().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("args,message", [(["--shapes", "gpt5"], "unknown shape 'gpt5'"),
+                                          (["--steps", "0"], "--steps must be >= 1")])
+def test_bad_input_is_one_line(args, message):
+    out = run(*args, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"error: {message}" or out.stderr.strip().startswith(f"error: {message}")
+    assert "Traceback" not in out.stderr
