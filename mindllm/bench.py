@@ -68,6 +68,16 @@ def _timed(step, batches, warmup: int, steps: int) -> tuple[list[float], list[fl
     return times, losses
 
 
+def _median_seconds(fn, repeats: int = DECODE_REPEATS):
+    """(median wall time of `repeats` calls of fn, the last call's result)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
 # ---------------------------------------------------------------- MindSpore workers
 
 def _ms_model(s: dict, block_size: int | None = None):
@@ -118,12 +128,8 @@ def ms_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
     model = _ms_model(s, block_size=DECODE_PROMPT + new_tokens)
     prompt = np.random.default_rng(0).integers(0, VOCAB, (1, DECODE_PROMPT), dtype=np.int32)
     generate(model, prompt, 2, kv_cache=kv_cache)  # compile both graphs
-    times = []
-    for _ in range(DECODE_REPEATS):
-        t0 = time.perf_counter()
-        out = generate(model, prompt, new_tokens, kv_cache=kv_cache, seed=0)
-        times.append(time.perf_counter() - t0)
-    return {"tokens_per_s": new_tokens / statistics.median(times), "tokens": out[0, DECODE_PROMPT:].tolist(),
+    seconds, out = _median_seconds(lambda: generate(model, prompt, new_tokens, kv_cache=kv_cache, seed=0))
+    return {"tokens_per_s": new_tokens / seconds, "tokens": out[0, DECODE_PROMPT:].tolist(),
             "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -240,12 +246,8 @@ def torch_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
         return idx
 
     run(2)
-    times = []
-    for _ in range(DECODE_REPEATS):
-        t0 = time.perf_counter()
-        run(new_tokens)
-        times.append(time.perf_counter() - t0)
-    return {"tokens_per_s": new_tokens / statistics.median(times), "peak_rss_mb": _peak_rss_mb()}
+    seconds, _ = _median_seconds(lambda: run(new_tokens))
+    return {"tokens_per_s": new_tokens / seconds, "peak_rss_mb": _peak_rss_mb()}
 
 
 def matmul_peak(n: int = 1024, repeats: int = 20) -> dict:

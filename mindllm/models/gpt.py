@@ -47,12 +47,12 @@ class Block(nn.Cell):
         return x, present
 
     def _decode_fusable(self):
-        """The fused kernel reads the four Linears' (in, out) float32 weights directly: not with LoRA adapters,
-        another weight layout or mixed precision."""
+        """The fused kernel reads the four Linears' float32 weights directly: not with LoRA adapters or mixed
+        precision."""
         linears = (self.attn.c_attn, self.attn.c_proj, self.mlp.c_fc, self.mlp.c_proj)
         plain = True
         for lin in linears:
-            plain = plain and not lin.adapted and not lin.out_in and lin.compute_dtype == ms.float32
+            plain = plain and not lin.adapted and lin.compute_dtype == ms.float32
         return self.decode_block is not None and plain
 
     def _decode_fused(self, x, cache, pos):

@@ -59,7 +59,6 @@ class Linear(nn.Cell):
         self.weight = _normal((n_out, n_in) if out_in else (n_in, n_out), std, rng)
         self.bias = _const((n_out,), 0.0) if bias else None
         self.matmul = ops.MatMul(transpose_b=out_in)
-        self.out_in = out_in
         self.compute_dtype = ms.float32
         self.add_bias = _fused("add_bias")  # its gradient, a sum over rows, is slow as a MindSpore ReduceSum
 
