@@ -375,8 +375,9 @@ def build_parser():
     ap.add_argument("--steps", type=int, default=20, help="timed train steps per worker")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps after the compile")
     ap.add_argument("--new-tokens", type=int, default=256, help="decoding length")
-    ap.add_argument("--kernels", default=os.environ.get("MINDLLM_KERNELS", "auto"), choices=("auto", "plain"),
-                    help="auto: mindllm's fused CPU kernels where they build; plain: pure MindSpore ops")
+    ap.add_argument("--kernels", choices=("auto", "plain"),
+                    help="auto: mindllm's fused CPU kernels where they build; plain: pure MindSpore ops "
+                         "(default: $MINDLLM_KERNELS, else auto)")
     ap.add_argument("--quick", action="store_true", help="CI smoke: small shape, 1 repeat, 3 steps, 32 tokens")
     ap.add_argument("--out", default="bench_out", help="directory for bench.json and bench.md")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -390,6 +391,9 @@ def main(argv=None) -> None:
     if args.worker:
         print(json.dumps(WORKERS[args.worker](**json.loads(args.worker_args))))
         return
+    from . import kernels
+
+    args.kernels = args.kernels or kernels.mode()  # mode() checks $MINDLLM_KERNELS: one line, not a worker's traceback
     shapes = [x.strip() for x in args.shapes.split(",") if x.strip()]
     unknown = [x for x in shapes if x not in SHAPES]
     if unknown:

@@ -1,6 +1,7 @@
 """python -m mindllm.bench: a --quick smoke run end to end (times are never asserted: the machines are noisy), the
 two frameworks' models are the same model, and bad input is one line with exit status 2."""
 import json
+import os
 import subprocess
 import sys
 
@@ -10,9 +11,9 @@ import pytest
 from mindllm import bench
 
 
-def run(*args, timeout=600):
+def run(*args, timeout=600, env=None):
     return subprocess.run([sys.executable, "-m", "mindllm.bench", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def test_quick_run_writes_json_and_markdown(tmp_path):
@@ -61,3 +62,10 @@ def test_bad_input_is_one_line(args, message):
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: {message}" or out.stderr.strip().startswith(f"error: {message}")
     assert "Traceback" not in out.stderr
+
+
+def test_bad_kernels_setting_is_one_line():
+    out = run("--quick", env={**os.environ, "MINDLLM_KERNELS": "fast"}, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("error: MINDLLM_KERNELS='fast': use auto (fused CPU kernels) or plain "
+                                  "(MindSpore ops only)")
