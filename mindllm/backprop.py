@@ -12,6 +12,8 @@ checked two independent ways: central finite differences, and MindSpore autograd
 from __future__ import annotations
 
 import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
 
 PARAMS = ("W1", "b1", "W2", "b2")
 
@@ -106,9 +108,6 @@ def finite_difference_gradients(net: SigmoidNet, x, target, eps: float = 1e-6) -
 
 def mindspore_gradients(net: SigmoidNet, x, target) -> dict:
     """The same network as a MindSpore Cell in float64, differentiated by `mindspore.value_and_grad`."""
-    import mindspore as ms
-    from mindspore import Parameter, Tensor, nn, ops
-
     class Net(nn.Cell):
         def __init__(self):
             super().__init__()

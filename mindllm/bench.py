@@ -82,14 +82,14 @@ def _median_seconds(fn, repeats: int = DECODE_REPEATS):
 
 def _ms_model(s: dict, block_size: int | None = None):
     os.environ.setdefault("GLOG_v", "3")
-    from . import device
+    from . import device, kernels
     from .config import ContextConfig
     from .models.gpt import GPT, GPTConfig
 
     device.setup(ContextConfig(device_target="CPU"), seed=0)
     cfg = GPTConfig(vocab_size=VOCAB, block_size=block_size or s["block_size"], n_layer=s["n_layer"],
                     n_head=s["n_head"], n_embd=s["n_embd"])
-    return GPT(cfg)
+    return kernels.fuse(GPT(cfg))  # on CPU unless MINDLLM_KERNELS=plain: the layers training would run
 
 
 def ms_train(s: dict, warmup: int, steps: int) -> dict:
@@ -98,7 +98,7 @@ def ms_train(s: dict, warmup: int, steps: int) -> dict:
     from .config import TrainConfig
     from .models.layers import cross_entropy
     from .optim import build_optimizer
-    from .train import make_steps
+    from .steps import TrainSteps
 
     model = _ms_model(s)
     model.set_train(True)
@@ -107,7 +107,7 @@ def ms_train(s: dict, warmup: int, steps: int) -> dict:
     def loss_fn(x, y):  # a def, not a lambda: graph mode compiles it
         return cross_entropy(model(x), y)
 
-    step, *_ = make_steps(loss_fn, optimizer, 1.0, compile_=True)
+    step = TrainSteps(loss_fn, optimizer, grad_clip=1.0).step
 
     def one(x, y):
         return float(step(Tensor(x), Tensor(y))[0].asnumpy())

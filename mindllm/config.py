@@ -7,15 +7,20 @@ production one. Every mistake is reported as one UserError naming the key.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
 import os
+import reprlib
 import typing
 from dataclasses import dataclass, field
 
 import yaml
 
+from . import tasks
 from .errors import UserError
+from .files import write_text_atomic
 
 
 def opt(default, *, lo=None, hi=None, lo_open=False, choices=None, doc=""):
@@ -56,23 +61,18 @@ class ParallelLayoutConfig:
 @dataclass
 class ModelConfig:
     arch: str = opt("gpt", choices=("gpt", "transformer", "bert", "bert_classifier"),
-                    doc="gpt: decoder-only causal LM; transformer: encoder-decoder for data.corpus=dates; bert: "
-                        "MLM+NSP pretraining; bert_classifier: fine-tuning on data.corpus=reviews_zh|tweets_en")
+                    doc="gpt: decoder-only causal LM; transformer: encoder-decoder; bert: BERT with the MLM+NSP "
+                        "heads; bert_classifier: BERT with a classification head. Each task names the ones it "
+                        "trains (mindllm/tasks/)")
     n_layer: int = opt(4, lo=1, doc="transformer: encoder layers = decoder layers")
     n_head: int = opt(4, lo=1)
     n_embd: int = opt(128, lo=1)
     block_size: int = opt(64, lo=1, doc="context length in tokens")
     dropout: float = opt(0.0, lo=0.0, hi=0.99)
     bias: bool = opt(True, doc="biases in Linear and LayerNorm, as GPT-2")
-    ffn_dim: int = opt(512, lo=1, doc="transformer only: feed-forward hidden size")
+    ffn_dim: int = opt(512, lo=1, doc="transformer, bert: feed-forward hidden size")
     norm_first: bool = opt(True, doc="transformer only: pre-LN (true) or the original post-LN (false)")
     positions: str = opt("sinusoidal", choices=("sinusoidal", "learned"), doc="transformer only")
-    init: str = opt("", doc="bert_classifier: '' (random), 'minilm' (real all-MiniLM-L6-v2), a Hugging Face "
-                            "directory, or the out_dir of a model.arch=bert run; gpt with data.corpus=instructions_*: "
-                            "the out_dir of the model.arch=gpt run to instruction-tune; the model's sizes then come "
-                            "from it")
-    freeze: str = opt("none", choices=("none", "embeddings", "encoder"), doc="bert_classifier: parameters not trained")
-    freeze_layers: int = opt(0, lo=0, doc="bert_classifier: also freeze the embeddings and the first k layers")
 
 
 @dataclass
@@ -93,18 +93,13 @@ class PeftConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = opt("shakespeare", doc="shakespeare | peoples_daily | a path to a UTF-8 text file; "
-                                         "dates (the seq2seq task) with model.arch=transformer")
-    train_examples: int = opt(50000, lo=1, doc="dates only: generated training pairs")
-    test_examples: int = opt(0, lo=0, doc="held-out examples the final test scores: dates generates this many "
-                                          "(0: 2000); bert_classifier uses the first N of its test split (0: all); "
-                                          "instruction tuning answers N held-out questions (0: 50)")
+    corpus: str = opt("shakespeare", doc="shakespeare | peoples_daily | a path to a UTF-8 text file; each task "
+                                         "names the corpora it reads")
     tokenizer: str = opt("char", choices=("char", "bpe", "hf_bpe", "gpt2", "hf_wordpiece", "bert_uncased"),
                          doc="bpe = mindllm's own byte-level BPE; hf_bpe = Hugging Face tokenizers'; gpt2 = the real "
                              "GPT-2 vocabulary; hf_wordpiece / bert_uncased for BERT")
     vocab_size: int = opt(1024, lo=257, doc="bpe/hf_bpe only: vocabulary size (>= 256 bytes + <|endoftext|>)")
     val_fraction: float = opt(0.1, lo=0.0, hi=0.5, lo_open=True)
-    mask_prob: float = opt(0.15, lo=0.0, hi=0.5, lo_open=True, doc="bert: share of tokens the MLM predicts")
 
 
 @dataclass
@@ -120,7 +115,6 @@ class TrainConfig:
     beta1: float = opt(0.9, lo=0.0, hi=0.999999)
     beta2: float = opt(0.99, lo=0.0, hi=0.999999)
     grad_clip: float = opt(1.0, lo=0.0, doc="global-norm clipping; 0 disables")
-    label_smoothing: float = opt(0.0, lo=0.0, hi=0.5, doc="transformer only")
     amp: str = opt("none", choices=("none", "fp16", "bf16"), doc="mixed precision, GPU/Ascend only")
     log_interval: int = opt(10, lo=1)
     eval_interval: int = opt(250, lo=1)
@@ -141,9 +135,11 @@ class SampleConfig:
 
 @dataclass
 class Config:
-    seed: int = opt(1337, lo=0)
+    seed: int = opt(1337, lo=0, hi=2 ** 32 - 3, doc="seeds every RNG (evaluation batches use seed + 1 and + 2)")
     out_dir: str = opt("runs/gpt_char_shakespeare")
     resume: bool = opt(False, doc="continue from out_dir/ckpt/latest")
+    task: str = opt("causal_lm", choices=tasks.NAMES, doc="what is trained: the model, batches, loss and "
+                                                          "evaluation (mindllm/tasks/<task>.py)")
     context: ContextConfig = field(default_factory=ContextConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     parallel_config: ParallelLayoutConfig = field(default_factory=ParallelLayoutConfig)
@@ -152,12 +148,32 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # the task's own section, written in YAML under the task's name (`classify: {freeze: encoder}`)
+    options: typing.Any = field(default=None, metadata={"section": True})
+
+    def __post_init__(self):
+        if self.options is None:
+            self.options = tasks.get(self.task).Options()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()}
+        out[self.task] = dataclasses.asdict(self.options)
+        return out
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+MAX_TEXT = 4096  # longest accepted string value (a path, a prompt); longer is a mistake, not a config
+MAX_FILE = 1 << 20  # a config file over 1 MiB is not a config
+
+
+def shown(value, width: int = 80) -> str:
+    """`value` for an error message: bounded in length and depth (a YAML anchor bomb must not become a 350 MB
+    line)."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, width, width
+    text = r.repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 class Override:
@@ -185,11 +201,15 @@ def _coerce(key: str, value, typ, meta):
     ok = (isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))) or (
         typ is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok:
-        raise UserError(f"config: {key} must be {_TYPE_NAMES[typ]}, got {value!r}")
+        raise UserError(f"config: {key} must be {_TYPE_NAMES[typ]}, got {shown(value)}")
     if typ is float:
         value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"config: {key} must be a finite number, got {value}")
+    if typ is str and len(value) > meta.get("max_len", MAX_TEXT):
+        raise UserError(f"config: {key} is {len(value):,} characters long (at most {meta.get('max_len', MAX_TEXT):,})")
     if meta.get("choices") and value not in meta["choices"]:
-        raise UserError(f"config: {key} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+        raise UserError(f"config: {key} must be one of {', '.join(map(str, meta['choices']))}; got {shown(value)}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
         raise UserError(f"config: {key} must be {'>' if meta.get('lo_open') else '>='} {lo}, got {value}")
@@ -198,67 +218,149 @@ def _coerce(key: str, value, typ, meta):
     return value
 
 
-def _build(cls, data: dict, prefix: str = ""):
+def build_section(cls, data, prefix: str = ""):
     """Instantiate dataclass `cls` from a nested dict, rejecting unknown keys and bad values."""
     if not isinstance(data, dict):
         raise UserError(f"config: {prefix.rstrip('.') or 'the file'} must be a section of keys, not a value")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("section")}
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known: {', '.join(fields)}"
-            raise UserError(f"config: unknown key '{prefix}{key}'{hint}")
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known: {', '.join(fields) or 'none'}"
+            raise UserError(f"config: unknown key '{prefix}{str(key)[:60]}'{hint}")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
             continue
         typ = hints[name]
         if dataclasses.is_dataclass(typ):
-            kwargs[name] = _build(typ, data[name] if data[name] is not None else {}, f"{prefix}{name}.")
+            kwargs[name] = build_section(typ, data[name] if data[name] is not None else {}, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(prefix + name, data[name], typ, f.metadata)
     return cls(**kwargs)
 
 
+# Keys of task options that older configs (and run directories) kept in the shared sections, with the value
+# that meant "not set" there; they are moved into the task's own section.
+LEGACY = {("model", "init"): "", ("model", "freeze"): "none", ("model", "freeze_layers"): 0,
+          ("data", "train_examples"): 50000, ("data", "test_examples"): 0, ("data", "mask_prob"): 0.15,
+          ("train", "label_smoothing"): 0.0}
+
+
+def _raw(value):
+    return value.parsed if isinstance(value, Override) else value
+
+
+def _split_task(data: dict) -> tuple[str, dict]:
+    """Take the task name and its own section out of `data` (moving legacy keys into that section)."""
+    name = _raw(data.pop("task", None))
+    if name is None:  # configs written before `task:` existed name the task by model and corpus
+        model, corpus = data.get("model") or {}, data.get("data") or {}
+        name = tasks.infer(_raw(model.get("arch", "gpt")) if isinstance(model, dict) else "gpt",
+                           _raw(corpus.get("corpus", "")) if isinstance(corpus, dict) else "")
+    if name not in tasks.NAMES:
+        raise UserError(f"config: task must be one of {', '.join(tasks.NAMES)}; got {shown(name)}")
+    for other in tasks.NAMES:
+        if other != name and other in data:
+            raise UserError(f"config: section '{other}:' holds options of task {other}, but task is {name}")
+    section = data.pop(name, None) or {}
+    if not isinstance(section, dict):
+        raise UserError(f"config: {name} must be a section of keys, not a value")
+    options = {f.name for f in dataclasses.fields(tasks.get(name).Options)}
+    for (part, key), unset in LEGACY.items():
+        block = data.get(part)
+        if not isinstance(block, dict) or key not in block:
+            continue
+        value = block.pop(key)
+        cli_wins = isinstance(value, Override) and not isinstance(section.get(key), Override)
+        if key in options and (key not in section or cli_wins):
+            if not (part == "data" and key == "test_examples" and _raw(value) == 0):  # 0 meant the task's default
+                section[key] = value
+        elif key in options or _raw(value) != unset:
+            owner = [t for t in tasks.NAMES if key in {f.name for f in dataclasses.fields(tasks.get(t).Options)}]
+            where = f"{name}.{key}" if key in options else f"an option of task {', '.join(owner)}"
+            raise UserError(f"config: {part}.{key} is {where} now" +
+                            (f"; give it once, as {name}.{key}" if key in options else f", not of task {name}"))
+    if "arch" not in (data.get("model") or {}):
+        data.setdefault("model", {})["arch"] = tasks.get(name).ARCHS[0]
+    return name, section
+
+
 def _validate(cfg: Config) -> Config:
-    """Checks that span several keys."""
+    """Checks that span several keys; the task checks its own."""
     m = cfg.model
     if m.n_embd % m.n_head:
         raise UserError(f"config: model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     if cfg.train.min_lr > cfg.train.lr:
         raise UserError(f"config: train.min_lr ({cfg.train.min_lr}) must not exceed train.lr ({cfg.train.lr})")
+    task = tasks.get(cfg.task)
+    if m.arch not in task.ARCHS:
+        raise UserError(f"config: task {cfg.task} trains model.arch={' or '.join(task.ARCHS)}, not {m.arch}")
+    task.check(cfg)
     return cfg
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML would silently keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{str(key)[:60]}'",
+                                                        key_node.start_mark)
+            seen.add(key) if isinstance(key, typing.Hashable) else None
+        return super().construct_mapping(node, deep)
 
 
 def read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
-        raise UserError(f"config file '{path}' not found (try one of the files in configs/)")
+        raise UserError(f"config file '{shown(path, 200)}' not found (try one of the files in configs/)")
+    if os.path.getsize(path) > MAX_FILE:
+        raise UserError(f"config file '{path}' is {os.path.getsize(path):,} bytes; a config is a few KB of YAML")
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_Loader)
+    except UnicodeDecodeError:
+        raise UserError(f"config file '{path}' is not UTF-8 text (a YAML config is expected)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
+        raise UserError(f"config file '{path}' is not valid YAML{where}: {shown(problem, 200)}") from None
     return data if data is not None else {}
 
 
 def apply_override(data: dict, item: str) -> None:
     """Apply one `dotted.key=value` override in place; the value's type is settled against the schema."""
     if "=" not in item:
-        raise UserError(f"override '{item}' must look like key=value, e.g. train.max_iters=200")
+        raise UserError(f"override '{shown(item, 200)}' must look like key=value, e.g. train.max_iters=200")
+    if len(item) > 2 * MAX_TEXT:
+        raise UserError(f"override '{shown(item, 60)}' is {len(item):,} characters long; values are at most "
+                        f"{MAX_TEXT:,}")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise UserError(f"override '{item}' has an empty key part")
+        raise UserError(f"override '{shown(item, 200)}' has an empty key part")
     node = data
     for i, p in enumerate(parts[:-1]):
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise UserError(f"config: {'.'.join(parts[:i + 1])} is a value, not a section")
     node[parts[-1]] = Override(raw)
+
+
+def from_dict(data: dict, where: str = "the config") -> Config:
+    """A validated Config from nested sections (a parsed YAML file with its overrides applied)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must hold a mapping of sections (model:, train:, ...)")
+    data = copy.deepcopy(data)
+    name, section = _split_task(data)
+    cfg = build_section(Config, data)
+    cfg.task, cfg.options = name, build_section(tasks.get(name).Options, section, f"{name}.")
+    return _validate(cfg)
 
 
 def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
@@ -268,9 +370,8 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
         raise UserError(f"config file '{path}' must hold a mapping of sections (model:, train:, ...)")
     for item in overrides:
         apply_override(data, item)
-    return _validate(_build(Config, data))
+    return from_dict(data, f"config file '{path}'")
 
 
 def save_config(cfg: Config, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False, allow_unicode=True)
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))

@@ -31,8 +31,15 @@ import sys
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+from mindspore import Tensor
+from safetensors.numpy import load_file, save_file
 
+from . import device, runs
 from .errors import UserError, cli
+from .files import write_text_atomic
+from .models import bert
+from .models.bert import BertConfig
+from .models.gpt import GPT, GPTConfig
 
 SAFETENSORS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
 BERT_ARCHS = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
@@ -91,8 +98,6 @@ def _read_safetensors_bf16(path: str) -> dict:
 
 
 def _read_safetensors(path: str) -> dict:
-    from safetensors.numpy import load_file
-
     try:
         try:
             return load_file(path)
@@ -152,11 +157,9 @@ def _check_overrides(overrides: dict, allowed, model_type: str) -> None:
                             f"{', '.join(sorted(allowed))}")
 
 
-def bert_config(config: dict, overrides: dict | None = None, where: str = "config.json"):
+def hf_bert_config(config: dict, overrides: dict | None = None, where: str = "config.json"):
     """mindllm BertConfig from a HF BERT config.json dict, refusing settings mindllm's BERT computes
     differently."""
-    from .models.bert import BertConfig
-
     overrides = overrides or {}
     _check_overrides(overrides, [f.name for f in fields(BertConfig)], "BERT")
     d = {**config, **overrides}
@@ -177,10 +180,8 @@ def bert_config(config: dict, overrides: dict | None = None, where: str = "confi
     return cfg
 
 
-def gpt_config(config: dict, overrides: dict | None = None, where: str = "config.json"):
+def hf_gpt_config(config: dict, overrides: dict | None = None, where: str = "config.json"):
     """mindllm GPTConfig from a HF GPT-2 config.json dict (missing fields take GPT2Config's defaults)."""
-    from .models.gpt import GPTConfig
-
     overrides = overrides or {}
     _check_overrides(overrides, GPT2_OVERRIDES, "GPT-2")
     d = {**config, **overrides}
@@ -225,8 +226,6 @@ def _copy_into(model, arrays: dict, where: str, body: tuple) -> tuple[list, list
     """Copy `arrays` (already in the model's naming) into the model's parameters. Parameters and tensors under
     the `body` prefixes (embeddings and layers) must match one to one; head parameters the checkpoint lacks
     keep their fresh initialisation and head tensors the model lacks are left out. Returns (fresh, unused)."""
-    from mindspore import Tensor
-
     params = dict(model.parameters_and_names())
     unused = sorted(k for k in arrays if k not in params)
     fresh = [n for n in params if n not in arrays]
@@ -266,9 +265,7 @@ def _bert_arch(config: dict, keys, arch: str | None) -> str:
 
 
 def _load_bert(config: dict, arrays: dict, where: str, arch: str | None, overrides: dict, cfg_path: str):
-    from .models import bert
-
-    cfg = bert_config(config, overrides, cfg_path)
+    cfg = hf_bert_config(config, overrides, cfg_path)
     canon = {}  # every key with the `bert.` prefix of the head models, TF-era LayerNorm names modernised
     for k, v in arrays.items():
         k = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", k))
@@ -298,8 +295,6 @@ def _load_bert(config: dict, arrays: dict, where: str, arch: str | None, overrid
 
 
 def _load_gpt2(config: dict, arrays: dict, where: str, arch: str | None, overrides: dict, cfg_path: str):
-    from .models.gpt import GPT
-
     if arch is not None and arch not in GPT2_ARCHS:
         raise UserError(f"arch '{arch}' does not fit this GPT-2 checkpoint (model_type gpt2); use one of "
                         f"{', '.join(GPT2_ARCHS)}")
@@ -308,7 +303,7 @@ def _load_gpt2(config: dict, arrays: dict, where: str, arch: str | None, overrid
         raise UserError(f"config.json's architecture '{archs[0]}' has no mindllm counterpart "
                         f"({', '.join(GPT2_ARCHS)}); load its body with from_hf(path, arch='GPT2Model')")
     arch = arch or (archs[0] if archs else "GPT2LMHeadModel")
-    cfg = gpt_config(config, overrides, cfg_path)
+    cfg = hf_gpt_config(config, overrides, cfg_path)
     named = {}
     for k, v in arrays.items():
         if re.fullmatch(r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)", k):
@@ -373,9 +368,6 @@ _BERT_KEY = re.compile(r"(bert\.)?(embeddings\.((word|position|token_type)_embed
 
 def hf_state(model) -> tuple[dict, dict]:
     """(config.json dict, {HF key: float32 array}) of a mindllm GPT or BERT model, in Hugging Face layout."""
-    from .models import bert
-    from .models.gpt import GPT
-
     if isinstance(model, GPT):
         c = model.config
         if not c.bias:
@@ -419,10 +411,6 @@ def to_hf(model, out_dir: str) -> str:
     """Write `model` as a Hugging Face model directory (config.json + model.safetensors, tied weights stored
     once, as save_pretrained does) that `transformers.AutoModel...from_pretrained(out_dir)` opens. Each file is
     written to a temporary name and renamed into place. Returns out_dir."""
-    from safetensors.numpy import save_file
-
-    from .checkpoint import write_text_atomic
-
     config, arrays = hf_state(model)
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -441,18 +429,11 @@ def to_hf(model, out_dir: str) -> str:
 def export_run(run: str, out_dir: str, log=print) -> str:
     """Export a mindllm training run (its out_dir, or one of its ckpt/step_* dirs) as a Hugging Face
     GPT2LMHeadModel directory; the run's tokenizer is copied beside it."""
-    from .config import load_config
-    from .sample import load_run
-
-    is_ckpt = os.path.isfile(os.path.join(run, "state.json"))  # out_dir/ckpt/step_N
-    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(run))) if is_ckpt else run
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if os.path.isfile(cfg_path):
-        arch = load_config(cfg_path).model.arch
-        if arch != "gpt":
-            raise UserError(f"'{run}' trained a model.arch={arch} model; only GPT runs have a Hugging Face "
-                            f"counterpart (GPT2LMHeadModel)")
-    model, tokenizer, _ = load_run(run)
+    arch = runs.read_config(runs.locate(run)[0]).model.arch
+    if arch != "gpt":
+        raise UserError(f"'{run}' trained a model.arch={arch} model; only GPT runs have a Hugging Face "
+                        f"counterpart (GPT2LMHeadModel)")
+    model, tokenizer, _ = runs.load_model(run)
     to_hf(model, out_dir)
     if getattr(tokenizer, "kind", None) == "hf":  # a `tokenizers` file: PreTrainedTokenizerFast reads it
         tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
@@ -473,8 +454,6 @@ def main(argv=None):
                     help="export a mindllm GPT training run as a Hugging Face GPT2LMHeadModel directory")
     ap.add_argument("--device", default="CPU", help="CPU, GPU, Ascend or auto")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    from . import device
-
     device.setup(device.context_for(args.device), 0)
     export_run(*args.to_hf)
 

@@ -6,7 +6,9 @@ import os
 import random
 
 import numpy as np
+import mindspore as ms
 
+from .config import ContextConfig
 from .errors import UserError
 
 _TARGETS = ("Ascend", "GPU", "CPU")
@@ -14,8 +16,6 @@ _TARGETS = ("Ascend", "GPU", "CPU")
 
 def available(target: str) -> bool:
     """Whether this MindSpore install can run on `target` (checks drivers/plugins, not just the name)."""
-    import mindspore as ms
-
     if target == "CPU":
         return True
     # hal.is_available prints a multi-line warning about missing plugins: keep it off the student's screen.
@@ -44,8 +44,6 @@ def resolve_target(target: str) -> str:
 
 def setup(context, seed: int) -> str:
     """Apply a ContextConfig and seed Python, NumPy and MindSpore. Returns the device target in use."""
-    import mindspore as ms
-
     target = resolve_target(context.device_target)
     if target == "CPU":
         # Synchronous host execution: for the small graphs of this course it cuts CPU step time ~3x (measured).
@@ -62,14 +60,10 @@ def setup(context, seed: int) -> str:
 
 def context_for(target: str):
     """A ContextConfig for tools that take only --device (sampling, evaluation)."""
-    from .config import ContextConfig
-
     return ContextConfig(device_target=target)
 
 
 def seed_everything(seed: int) -> None:
-    import mindspore as ms
-
     random.seed(seed)
     np.random.seed(seed)
     ms.set_seed(seed)

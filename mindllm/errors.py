@@ -10,8 +10,12 @@ class UserError(Exception):
     """
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the line to print: what was kept and how to continue."""
+
+
 def cli(main):
-    """Wrap a command-line entry point so UserError becomes `error: ...` + exit 2."""
+    """Wrap a command-line entry point so UserError becomes `error: ...` + exit 2, Ctrl-C one line + exit 130."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
@@ -20,9 +24,8 @@ def cli(main):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted: the last completed checkpoint is intact; continue with resume=true",
-                  file=sys.stderr)
+        except KeyboardInterrupt as e:
+            print(str(e) if isinstance(e, Interrupted) else "interrupted", file=sys.stderr)
             sys.exit(130)
 
     return wrapper

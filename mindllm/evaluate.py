@@ -6,6 +6,8 @@ import math
 import re
 from collections import Counter
 
+import numpy as np
+
 
 def exact_match(predictions, references) -> float:
     """Share of predictions equal to their reference."""
@@ -42,8 +44,6 @@ def classification_metrics(predictions, labels, n_classes: int) -> dict:
     """Accuracy, macro-averaged precision / recall / F1 and the confusion matrix (rows: true class, columns:
     predicted). A class never predicted has precision 0 (as scikit-learn's zero_division=0); macro averaging weighs
     every class equally, so always answering the majority class scores well on accuracy but badly on F1."""
-    import numpy as np
-
     p, y = np.asarray(predictions, np.int64), np.asarray(labels, np.int64)
     if p.shape != y.shape:
         raise ValueError("predictions and labels differ in length")

@@ -21,7 +21,10 @@ import subprocess
 import sys
 import time
 
+from . import device, memory, parallel
+from .config import load_config
 from .errors import UserError, cli
+from .train import parse_args as parse_train_args
 
 TAIL_LINES = 15
 _MS_LOG = re.compile(r"\[(INFO|WARNING|DEBUG)\] ")  # MindSpore's own log lines: kept in the files, not echoed
@@ -119,11 +122,7 @@ class _Follow:
 
 def launch(n: int, train_args, port: int | None = None, log_dir: str | None = None, echo: bool = True) -> int:
     """Validate, run the job, return its exit status (raises UserError for a config mistake)."""
-    from . import device, parallel
-    from .config import load_config
-    from .train import parse_args as train_parse
-
-    path, overrides = train_parse(list(train_args))
+    path, overrides = parse_train_args(list(train_args))
     cfg = load_config(path, overrides)
     target = device.resolve_target(cfg.context.device_target)
     parallel.validate(cfg, target, n)
@@ -161,27 +160,21 @@ def launch(n: int, train_args, port: int | None = None, log_dir: str | None = No
 
 def dry_run(n: int, train_args) -> str:
     """Validate the layout for n devices of the configured target without needing them; the memory estimate."""
-    from . import memory, parallel
-    from .config import load_config
-    from .train import parse_args as train_parse
-
-    cfg = load_config(*train_parse(list(train_args)))
+    cfg = load_config(*parse_train_args(list(train_args)))
     target = cfg.context.device_target if cfg.context.device_target != "auto" else "CPU"
     parallel.validate(cfg, target, n)
     if cfg.parallel.parallel_mode in parallel.SHARDED_MODES:
         parallel.check_layout(cfg)
-    m, lay = cfg.model, cfg.parallel_config
-    dp = n if cfg.parallel.parallel_mode == "data_parallel" else lay.data_parallel
-    layout = memory.Layout(dp, lay.model_parallel, lay.pipeline_stage, lay.micro_batch_num,
-                           int(cfg.parallel.enable_parallel_optimizer), lay.recompute)
+    model, layout = cfg.model, memory.layout_for(cfg, n)
     # the vocabulary is known before training only for fixed tokenizers; a character vocabulary is small
     vocab = {"gpt2": 50257, "bert_uncased": 30522, "bpe": cfg.data.vocab_size, "hf_bpe": cfg.data.vocab_size,
              "hf_wordpiece": cfg.data.vocab_size}.get(cfg.data.tokenizer, 256)
-    est = memory.estimate(m.n_layer, m.n_embd, m.n_head, vocab, m.block_size, cfg.train.batch_size, layout,
-                          "mixed" if cfg.train.amp != "none" else "fp32", None if m.arch == "gpt" else m.ffn_dim,
-                          m.bias, m.dropout > 0)
-    return (f"{n} x {target}, {cfg.parallel.parallel_mode}: data_parallel {dp} x model_parallel "
-            f"{lay.model_parallel} x pipeline_stage {lay.pipeline_stage} - layout valid\n{memory.describe(est)}")
+    est = memory.estimate(model.n_layer, model.n_embd, model.n_head, vocab, model.block_size, cfg.train.batch_size,
+                          layout=layout, precision="mixed" if cfg.train.amp != "none" else "fp32",
+                          ffn=None if model.arch == "gpt" else model.ffn_dim, bias=model.bias,
+                          dropout=model.dropout > 0)
+    return (f"{n} x {target}, {cfg.parallel.parallel_mode}: data_parallel {layout.data_parallel} x model_parallel "
+            f"{layout.model_parallel} x pipeline_stage {layout.pipeline_stage} - layout valid\n{memory.describe(est)}")
 
 
 @cli

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 PRECISION = {  # bytes per parameter: weight, gradient, optimizer state (Adam); and per activation element
     "fp32": {"weight": 4, "grad": 4, "optimizer": 8, "activation": 4},
     "mixed": {"weight": 2, "grad": 2, "optimizer": 12, "activation": 2},  # fp16/bf16 + fp32 master and moments
@@ -126,22 +128,26 @@ def model_dims(model) -> dict:
     return dict(layers=c.n_layer, hidden=c.n_embd, heads=c.n_head, ffn=4 * c.n_embd, vocab=c.vocab_size)
 
 
+def layout_for(cfg, world: int = 1) -> Layout:
+    """The device layout a config describes, for `world` data-parallel workers."""
+    split = cfg.parallel_config
+    dp = world if cfg.parallel.parallel_mode == "data_parallel" else split.data_parallel
+    return Layout(data_parallel=dp, model_parallel=split.model_parallel, pipeline_stage=split.pipeline_stage,
+                  micro_batch_num=split.micro_batch_num, zero=int(cfg.parallel.enable_parallel_optimizer),
+                  recompute=split.recompute)
+
+
 def for_config(cfg, model, world: int = 1) -> dict:
     """The estimate printed before training: the layout of the config, the model's real parameter counts (frozen
     parameters get no gradient or optimizer state), activations from its layer shapes."""
-    import numpy as np
-
-    d, t, lay = model_dims(model), cfg.train, cfg.parallel_config
-    dp = world if cfg.parallel.parallel_mode == "data_parallel" else lay.data_parallel
-    layout = Layout(dp, lay.model_parallel, lay.pipeline_stage, lay.micro_batch_num,
-                    1 if cfg.parallel.enable_parallel_optimizer else 0, lay.recompute)
-    precision = "mixed" if t.amp != "none" else "fp32"
-    est = estimate(d["layers"], d["hidden"], d["heads"], d["vocab"], cfg.model.block_size, t.batch_size, layout,
-                   precision, d["ffn"], dropout=cfg.model.dropout > 0)
+    d, layout = model_dims(model), layout_for(cfg, world)
+    precision = "mixed" if cfg.train.amp != "none" else "fp32"
+    est = estimate(d["layers"], d["hidden"], d["heads"], d["vocab"], cfg.model.block_size, cfg.train.batch_size,
+                   layout=layout, precision=precision, ffn=d["ffn"], dropout=cfg.model.dropout > 0)
     total = sum(int(np.prod(p.shape)) for p in model.get_parameters())
     trainable = sum(int(np.prod(p.shape)) for p in model.trainable_params())
     per = PRECISION[precision]
     est.update(params=total * per["weight"], grads=trainable * per["grad"],
-               optimizer=trainable * per["optimizer"] / (dp if layout.zero else 1))
+               optimizer=trainable * per["optimizer"] / (layout.data_parallel if layout.zero else 1))
     est["total"] = est["params"] + est["grads"] + est["optimizer"] + est["activations"]
     return est

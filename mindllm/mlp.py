@@ -2,7 +2,7 @@
 normalization, and the measurements the lesson makes with it (per-layer gradient norms, training curves).
 
     data = load_digits_split()
-    model = MLP(64, [128, 128], 10, activation="relu", init="he")
+    model = MLPClassifier(64, [128, 128], 10, activation="relu", init="he")
     history = fit(model, data, optimizer="adam", lr=1e-3, epochs=20)
 """
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from .errors import UserError
 from .models.layers import Linear
@@ -33,7 +35,7 @@ def init_std(init: str, fan_in: int, fan_out: int) -> float:
             "he": np.sqrt(2.0 / fan_in)}[init]  # keeps it for ReLU, which zeroes half the inputs
 
 
-class MLP(nn.Cell):
+class MLPClassifier(nn.Cell):
     """Linear -> [norm] -> activation -> [dropout], per hidden layer, then a linear output layer (logits)."""
 
     def __init__(self, n_in, hidden, n_out, activation="relu", init="default", dropout=0.0, norm=None, seed=0):
@@ -58,7 +60,7 @@ class MLP(nn.Cell):
         return self.layers[-1](x)
 
 
-def layer_grad_norms(model: MLP, x, y) -> list[float]:
+def layer_grad_norms(model: MLPClassifier, x, y) -> list[float]:
     """||dLoss/dW|| for each layer's weight matrix, input layer first: where gradients vanish or explode."""
     weights = [layer.weight for layer in model.layers]
 
@@ -73,9 +75,6 @@ def layer_grad_norms(model: MLP, x, y) -> list[float]:
 def load_digits_split(seed: int = 0, train_size: float = 0.6):
     """scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes; offline): stratified
     train/val/test = 60/20/20, standardized with the train split's statistics."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     d = load_digits()
     x, y = d.data.astype(np.float32), d.target.astype(np.int32)
     x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, train_size=train_size, stratify=y, random_state=seed)
@@ -99,14 +98,14 @@ def make_optimizer(name: str, params, lr: float):
     return nn.Adam(params, learning_rate=lr)
 
 
-def evaluate(model: MLP, x, y) -> tuple[float, float]:
+def evaluate(model: MLPClassifier, x, y) -> tuple[float, float]:
     model.set_train(False)
     logits = model(Tensor(x, ms.float32))
     loss = float(ops.cross_entropy(logits, Tensor(y, ms.int32)).asnumpy())
     return loss, float((logits.asnumpy().argmax(-1) == y).mean())
 
 
-def fit(model: MLP, data: dict, optimizer: str = "adam", lr: float = 1e-3, epochs: int = 20, batch_size: int = 64,
+def fit(model: MLPClassifier, data: dict, optimizer: str = "adam", lr: float = 1e-3, epochs: int = 20, batch_size: int = 64,
         seed: int = 0, n_train: int | None = None) -> dict:
     """Mini-batch training; returns per-epoch lists train_loss, val_loss, train_acc, val_acc (epoch 0 is the
     untrained model). `n_train` keeps only the first n training examples (to provoke overfitting)."""

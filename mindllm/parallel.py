@@ -15,6 +15,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.communication import get_group_size, get_rank, init
+
 from .errors import UserError
 
 SHARDED_MODES = ("semi_auto_parallel", "auto_parallel")
@@ -47,8 +51,8 @@ def launched_workers() -> int:
 
 def validate(cfg, target: str, world: int) -> None:
     """Refuse a layout the backend or the device count cannot run, before any work is done."""
-    p, lay, m, t = cfg.parallel, cfg.parallel_config, cfg.model, cfg.train
-    mode = p.parallel_mode
+    par, layout, train = cfg.parallel, cfg.parallel_config, cfg.train
+    mode = par.parallel_mode
     if mode in SHARDED_MODES and target == "CPU":
         raise UserError(f"parallel.parallel_mode={mode} shards tensors across devices, which MindSpore runs only on "
                         f"GPU/Ascend; on CPU use parallel.parallel_mode=data_parallel with python -m mindllm.launch")
@@ -61,47 +65,48 @@ def validate(cfg, target: str, world: int) -> None:
         raise UserError(f"parallel.parallel_mode={mode} needs several processes: start it with "
                         f"python -m mindllm.launch -n 2 -- CONFIG [key=value ...]")
     if mode == "data_parallel":
-        if lay.model_parallel > 1 or lay.pipeline_stage > 1:
-            raise UserError(f"parallel_config.model_parallel/pipeline_stage > 1 need "
-                            f"parallel.parallel_mode=semi_auto_parallel (GPU/Ascend); data_parallel copies the model")
-        if lay.data_parallel not in (1, world):
-            raise UserError(f"parallel_config.data_parallel={lay.data_parallel} but {world} workers were launched; "
+        if layout.model_parallel > 1 or layout.pipeline_stage > 1:
+            raise UserError("parallel_config.model_parallel/pipeline_stage > 1 need "
+                            "parallel.parallel_mode=semi_auto_parallel (GPU/Ascend); data_parallel copies the model")
+        if layout.data_parallel not in (1, world):
+            raise UserError(f"parallel_config.data_parallel={layout.data_parallel} but {world} workers were launched; "
                             f"make them equal")
-        if t.batch_size % world:
-            raise UserError(f"train.batch_size={t.batch_size} (the global batch) must divide evenly among the "
+        if train.batch_size % world:
+            raise UserError(f"train.batch_size={train.batch_size} (the global batch) must divide evenly among the "
                             f"{world} workers")
-        if p.enable_parallel_optimizer:
+        if par.enable_parallel_optimizer:
             raise UserError("parallel.enable_parallel_optimizer (optimizer sharding) needs "
                             "parallel.parallel_mode=semi_auto_parallel on GPU/Ascend")
         return
-    if not p.full_batch:
+    if not par.full_batch:
         raise UserError(f"parallel.parallel_mode={mode} in mindllm feeds every device the whole global batch and "
                         f"lets MindSpore split it: set parallel.full_batch=true")
-    devices = lay.data_parallel * lay.model_parallel * lay.pipeline_stage
+    devices = layout.data_parallel * layout.model_parallel * layout.pipeline_stage
     if devices != world:
-        raise UserError(f"parallel_config: data_parallel x model_parallel x pipeline_stage = {lay.data_parallel} x "
-                        f"{lay.model_parallel} x {lay.pipeline_stage} = {devices}, but {world} devices were launched")
+        raise UserError(f"parallel_config: data_parallel x model_parallel x pipeline_stage = "
+                        f"{layout.data_parallel} x {layout.model_parallel} x {layout.pipeline_stage} = {devices}, but "
+                        f"{world} devices were launched")
     check_layout(cfg)
 
 
 def check_layout(cfg) -> None:
     """The divisibility a tensor/pipeline split needs (checked on any machine, so a cluster config can be
     validated on a laptop)."""
-    lay, m, t = cfg.parallel_config, cfg.model, cfg.train
-    if cfg.model.arch != "gpt" and (lay.model_parallel > 1 or lay.pipeline_stage > 1):
+    layout, model, train = cfg.parallel_config, cfg.model, cfg.train
+    if cfg.model.arch != "gpt" and (layout.model_parallel > 1 or layout.pipeline_stage > 1):
         raise UserError(f"tensor/pipeline parallel layouts are written for model.arch=gpt, not {cfg.model.arch}")
-    if m.n_head % lay.model_parallel:
-        raise UserError(f"model.n_head={m.n_head} must be divisible by parallel_config.model_parallel="
-                        f"{lay.model_parallel}: each device takes whole attention heads")
-    if m.n_layer % lay.pipeline_stage:
-        raise UserError(f"model.n_layer={m.n_layer} must be divisible by parallel_config.pipeline_stage="
-                        f"{lay.pipeline_stage}: each stage takes whole layers")
-    if lay.pipeline_stage > 1 and lay.micro_batch_num < lay.pipeline_stage:
-        raise UserError(f"parallel_config.micro_batch_num={lay.micro_batch_num} < pipeline_stage="
-                        f"{lay.pipeline_stage} leaves stages idle; use at least {lay.pipeline_stage}")
-    rows = lay.data_parallel * lay.micro_batch_num
-    if t.batch_size % rows:
-        raise UserError(f"train.batch_size={t.batch_size} must be divisible by data_parallel x micro_batch_num = "
+    if model.n_head % layout.model_parallel:
+        raise UserError(f"model.n_head={model.n_head} must be divisible by parallel_config.model_parallel="
+                        f"{layout.model_parallel}: each device takes whole attention heads")
+    if model.n_layer % layout.pipeline_stage:
+        raise UserError(f"model.n_layer={model.n_layer} must be divisible by parallel_config.pipeline_stage="
+                        f"{layout.pipeline_stage}: each stage takes whole layers")
+    if layout.pipeline_stage > 1 and layout.micro_batch_num < layout.pipeline_stage:
+        raise UserError(f"parallel_config.micro_batch_num={layout.micro_batch_num} < pipeline_stage="
+                        f"{layout.pipeline_stage} leaves stages idle; use at least {layout.pipeline_stage}")
+    rows = layout.data_parallel * layout.micro_batch_num
+    if train.batch_size % rows:
+        raise UserError(f"train.batch_size={train.batch_size} must be divisible by data_parallel x micro_batch_num = "
                         f"{rows}")
 
 
@@ -109,25 +114,20 @@ def setup(cfg, target: str) -> Dist:
     """Join the job (communication.init) and set MindSpore's parallel context; stand_alone does nothing."""
     global _current
     if os.environ.get("MS_ROLE") == "MS_SCHED":  # msrun's scheduler runs this script too: it serves the
-        from mindspore.communication import init  # rendezvous inside init() and exits there when the job ends
-
-        init()
+        init()  # rendezvous inside init() and exits there when the job ends
         raise SystemExit(0)
     world = launched_workers()
     validate(cfg, target, world)
     if cfg.parallel.parallel_mode == "stand_alone":
         _current = Dist()
         return _current
-    import mindspore as ms
-    from mindspore.communication import get_group_size, get_rank, init
-
     init()
     _current = Dist(get_rank(), get_group_size(), cfg.parallel.parallel_mode == "data_parallel")
-    p, lay = cfg.parallel, cfg.parallel_config
-    kwargs = dict(parallel_mode=p.parallel_mode, gradients_mean=p.gradients_mean, device_num=_current.world)
-    if p.parallel_mode in SHARDED_MODES:
-        kwargs.update(full_batch=p.full_batch, enable_parallel_optimizer=p.enable_parallel_optimizer,
-                      pipeline_stages=lay.pipeline_stage)
+    par = cfg.parallel
+    kwargs = dict(parallel_mode=par.parallel_mode, gradients_mean=par.gradients_mean, device_num=_current.world)
+    if par.parallel_mode in SHARDED_MODES:
+        kwargs.update(full_batch=par.full_batch, enable_parallel_optimizer=par.enable_parallel_optimizer,
+                      pipeline_stages=cfg.parallel_config.pipeline_stage)
     ms.set_auto_parallel_context(**kwargs)
     return _current
 
@@ -142,8 +142,6 @@ def rows(batch, dist: Dist):
 
 def grad_reducer(params, dist: Dist, mean: bool = True):
     """Average (or sum) gradients over the data-parallel ranks; one process: the gradients as they are."""
-    from mindspore import nn
-
     if not dist.split_batches:  # semi/auto parallel insert their own gradient AllReduce
         return nn.Identity()
     return nn.DistributedGradReducer(params, mean=mean, degree=dist.world)
@@ -151,8 +149,6 @@ def grad_reducer(params, dist: Dist, mean: bool = True):
 
 def loss_reducer(dist: Dist):
     """The mean of a scalar over ranks (the global batch's loss, for logging); identity on one process."""
-    from mindspore import nn, ops
-
     if not dist.split_batches:
         return nn.Identity()
 
@@ -170,9 +166,6 @@ def loss_reducer(dist: Dist):
 def barrier(dist: Dist) -> None:
     """Wait until every rank gets here. An AllReduce of one number: MindSpore's Barrier op has no CPU kernel."""
     if dist.world > 1:
-        import mindspore as ms
-        from mindspore import ops
-
         ops.AllReduce()(ms.Tensor([1.0], ms.float32)).asnumpy()
 
 

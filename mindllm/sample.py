@@ -9,12 +9,14 @@ whole window's; both paths produce the same tokens.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
+import mindspore as ms
+from mindspore import Tensor
 
+from . import device, kernels, runs
 from .errors import UserError, cli
 
 
@@ -62,8 +64,6 @@ class Decoder:
     token per row."""
 
     def __init__(self, model, batch_size: int, compile_: bool = True):
-        import mindspore as ms
-
         self.model, self.batch_size = model, batch_size
 
         def window(idx):
@@ -79,7 +79,9 @@ class Decoder:
 
 def decoder_for(model, batch_size: int, compile_: bool) -> Decoder:
     """One Decoder per (model, batch size, mode), kept on the model, so repeated calls reuse compiled graphs.
-    The key includes the model's layer types: after apply_lora a stale graph would decode without the adapters."""
+    The model's layers are fused first (on CPU), and the key includes their types: after apply_lora a stale graph
+    would decode without the adapters."""
+    kernels.fuse(model)
     cache = model.__dict__.setdefault("_mindllm_decoders", {})
     key = (batch_size, compile_, tuple(type(c).__name__ for _, c in model.cells_and_names()))
     if key not in cache:
@@ -96,9 +98,6 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, re
     costs one position's forward pass until the window is full; once it slides, positions shift and the window
     is re-encoded, so the result equals the uncached computation token for token.
     """
-    from mindspore import Tensor
-    import mindspore as ms
-
     block = model.config.block_size
     idx = np.asarray(idx, dtype=np.int32)
     B = idx.shape[0]
@@ -127,39 +126,6 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, re
         nxt = pick(logits, rng, history=idx, **rules)
         idx = np.concatenate([idx, nxt[:, None].astype(np.int32)], axis=1)
     return idx
-
-
-def load_run(path: str):
-    """(model, tokenizer, config) of a training run directory, or of one checkpoint directory in it."""
-    from .checkpoint import latest_checkpoint, load_arrays, read_checkpoint
-    from .config import load_config
-    from .data import load_tokenizer
-    from .models.gpt import GPT, GPTConfig
-
-    if os.path.isfile(os.path.join(path, "state.json")):
-        ckpt, out_dir = path, os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    elif os.path.isdir(path):
-        out_dir, ckpt = path, latest_checkpoint(os.path.join(path, "ckpt"))
-        if ckpt is None:
-            raise UserError(f"'{path}' has no checkpoint yet (no ckpt/latest); train first: "
-                            f"python -m mindllm.train out_dir={path}")
-    else:
-        raise UserError(f"checkpoint '{path}' not found: give a training out_dir or one of its ckpt/step_* dirs")
-    cfg = load_config(os.path.join(out_dir, "config.yaml"))
-    tokenizer = load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
-    m = cfg.model
-    if m.arch == "gpt" and m.init:  # instruction tuning: the GPT of the run it started from, with its adapters
-        from .tasks import add_peft
-
-        model = load_run(m.init)[0]
-        add_peft(cfg, model, head=())  # the same adapters training added; the checkpoint then fills them
-    else:
-        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=m.block_size, n_layer=m.n_layer,
-                              n_head=m.n_head, n_embd=m.n_embd, dropout=0.0, bias=m.bias))
-    weights, _, _ = read_checkpoint(ckpt)
-    load_arrays(model, weights, ckpt)
-    model.set_train(False)
-    return model, tokenizer, cfg
 
 
 def unescape(text: str) -> str:
@@ -207,10 +173,8 @@ def main(argv=None):
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
-    from . import device
-
     device.setup(device.context_for(args.device), args.seed)
-    model, tokenizer, _ = load_run(args.ckpt)
+    model, tokenizer, _ = runs.load_model(args.ckpt)
     t0 = time.perf_counter()
     texts = complete(model, tokenizer, unescape(args.prompt), args.max_new_tokens, args.num_samples,
                      notice=lambda m: print(m, file=sys.stderr), temperature=args.temperature, top_k=args.top_k,

@@ -10,7 +10,7 @@ from mindllm.config import TrainConfig
 from mindllm.models.gpt import GPT, GPTConfig, cross_entropy
 from mindllm.models.layers import set_compute_dtype
 from mindllm.optim import build_optimizer
-from mindllm.train import make_steps
+from mindllm.steps import TrainSteps
 
 CFG = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -27,7 +27,7 @@ def losses(amp, scale=2.0 ** 16, steps=20):
     def loss_fn(x, y):
         return cross_entropy(model(x), y)
 
-    step = make_steps(loss_fn, opt, 1.0, True, scaler)[0]
+    step = TrainSteps(loss_fn, opt, grad_clip=1.0, scaler=scaler).step
     rng = np.random.default_rng(0)
     x = rng.integers(0, CFG.vocab_size, size=(4, CFG.block_size)).astype(np.int32)
     y = np.roll(x, -1, axis=1)

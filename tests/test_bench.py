@@ -16,6 +16,7 @@ def run(*args, timeout=600, env=None):
                           timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_quick_run_writes_json_and_markdown(tmp_path):
     out = run("--quick", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]

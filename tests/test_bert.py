@@ -215,7 +215,7 @@ def test_mlm_accuracies_recomputed_from_the_checkpoint(pretrained):
     from mindspore import Tensor
 
     from mindllm.data.mlm import IGNORE
-    from mindllm.train import load_trained
+    from mindllm.runs import load_trained
 
     cfg, s = pretrained
     task, _ = load_trained(cfg.out_dir)
@@ -274,7 +274,7 @@ def test_fine_tuning_starts_from_the_pretrained_encoder_and_freezing_holds(tmp_p
 
 @pytest.mark.parametrize("overrides, fragment", [
     (["model.arch=bert", "data.tokenizer=char"], "WordPiece"),
-    (["model.arch=bert_classifier", "data.corpus=shakespeare"], "unknown labelled data set"),
+    (["model.arch=bert_classifier", "data.corpus=shakespeare"], "labelled corpus"),
     (["model.arch=bert_classifier", "data.corpus=reviews_zh", "model.freeze=encoder", "model.freeze_layers=1"],
      "already freezes"),
     (["model.arch=bert_classifier", "data.corpus=reviews_zh", "model.init=/nonexistent"], "neither"),
@@ -282,7 +282,7 @@ def test_fine_tuning_starts_from_the_pretrained_encoder_and_freezing_holds(tmp_p
 def test_bert_config_mistakes_are_one_line_errors(tmp_path, overrides, fragment):
     from mindllm.errors import UserError
 
-    cfg = load_config(None, TINY + [f"out_dir={tmp_path / 'x'}", "train.max_iters=1", "data.vocab_size=500",
-                                    *overrides])
-    with pytest.raises(UserError, match=fragment):
+    with pytest.raises(UserError, match=fragment):  # most are caught when the config loads, the rest at build
+        cfg = load_config(None, TINY + [f"out_dir={tmp_path / 'x'}", "train.max_iters=1", "data.vocab_size=500",
+                                        *overrides])
         train(cfg, log=lambda *_: None)

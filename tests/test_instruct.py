@@ -47,7 +47,8 @@ def test_lora_instruction_tuning_of_a_course_gpt(tmp_path, tiny_cfg):
     from safetensors.numpy import load_file
 
     from mindllm.config import load_config
-    from mindllm.train import load_trained, train
+    from mindllm.runs import load_trained
+    from mindllm.train import train
 
     pre = tiny_cfg("data.tokenizer=bpe", "data.vocab_size=300", "model.block_size=48", "train.max_iters=2",
                    out="pre")
@@ -67,10 +68,10 @@ def test_lora_instruction_tuning_of_a_course_gpt(tmp_path, tiny_cfg):
     assert set(load_file(str(tmp_path / "ift" / "adapter.safetensors"))) == \
         {n for n, _ in after.parameters_and_names() if ".lora_" in n}
     # python -m mindllm.sample --ckpt on the tuned run: the base GPT with the run's adapters
-    from mindllm.sample import load_run
+    from mindllm.runs import load_model
     from mindspore import Tensor
 
-    sampler = load_run(str(tmp_path / "ift"))[0]
+    sampler = load_model(str(tmp_path / "ift"))[0]
     x = Tensor(np.arange(24, dtype=np.int32).reshape(2, 12) % 300)
     np.testing.assert_allclose(sampler(x).asnumpy(), after(x).asnumpy(), atol=1e-6)
 
@@ -79,7 +80,8 @@ def test_full_tuning_reports_the_pretrained_answers_as_before(tmp_path, tiny_cfg
     """peft.method=none trains every weight: the 'before' answers must still come from the starting weights."""
     from mindllm.config import load_config
     from mindllm.sample import complete
-    from mindllm.train import load_trained, train
+    from mindllm.runs import load_trained
+    from mindllm.train import train
 
     pre = tiny_cfg("data.tokenizer=bpe", "data.vocab_size=300", "model.block_size=48", "train.max_iters=2",
                    out="pre")
@@ -101,5 +103,7 @@ def test_full_tuning_reports_the_pretrained_answers_as_before(tmp_path, tiny_cfg
 def test_instruction_tuning_needs_a_gpt_run(tmp_path):
     from test_cli import assert_clean_error, run
 
-    assert_clean_error(run("mindllm.train", "configs/instruct_lora_gpt_bpe.yaml", f"model.init={tmp_path}",
-                           f"out_dir={tmp_path / 'r'}"), "set model.init to the out_dir of a model.arch=gpt run")
+    assert_clean_error(run("mindllm.train", "configs/instruct_lora_gpt_bpe.yaml", f"instruct.init={tmp_path}",
+                           f"out_dir={tmp_path / 'r'}"), "is not a mindllm run directory")
+    assert_clean_error(run("mindllm.train", "configs/instruct_lora_gpt_bpe.yaml", "instruct.init=",
+                           f"out_dir={tmp_path / 'r'}"), "set instruct.init to the out_dir of a causal_lm run")

@@ -77,7 +77,7 @@ def test_only_the_adapter_and_head_train_and_the_file_holds_only_them(tmp_path):
     from mindllm.config import TrainConfig
     from mindllm.models.layers import cross_entropy
     from mindllm.optim import build_optimizer
-    from mindllm.train import make_steps
+    from mindllm.steps import TrainSteps
 
     model = from_hf(saved(hf_model("BertForSequenceClassification"), tmp_path / "hf"), log=None)
     apply_lora(model, r=4, alpha=8, targets=["query", "value"], train_also=("classifier.",))
@@ -91,8 +91,8 @@ def test_only_the_adapter_and_head_train_and_the_file_holds_only_them(tmp_path):
     def loss_fn(ids, tt, mask, y):
         return cross_entropy(model(ids, tt, mask), y)
 
-    step = make_steps(loss_fn, build_optimizer(model, TrainConfig(lr=1e-2, warmup_iters=0, max_iters=5)), 1.0,
-                      True)[0]
+    step = TrainSteps(loss_fn, build_optimizer(model, TrainConfig(lr=1e-2, warmup_iters=0, max_iters=5)),
+                      grad_clip=1.0).step
     ids, tt, mask = inputs(BERT_HF["vocab_size"])
     for _ in range(5):
         step(i32(ids), i32(tt), i32(mask), i32([0, 2]))
@@ -124,7 +124,8 @@ def test_peft_config_fine_tunes_real_minilm_through_the_loop(tmp_path, method):
     exactly the trained tensors, and the run reloads."""
     from mindllm.config import load_config
     from mindllm.data.tokenizer import minilm_dir
-    from mindllm.train import load_trained, train
+    from mindllm.runs import load_trained
+    from mindllm.train import train
 
     cfg = load_config("configs/lora_minilm_tweets.yaml", [
         f"peft.method={method}", "peft.num_virtual_tokens=4", "peft.encoder_hidden=8", "train.max_iters=3",
@@ -147,7 +148,7 @@ def test_peft_config_fine_tunes_real_minilm_through_the_loop(tmp_path, method):
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    (["peft.method=lora", "model.freeze=encoder"], "leave model.freeze=none"),
+    (["peft.method=lora", "model.freeze=encoder"], "leave classify.freeze=none"),  # the old key still works
     (["peft.method=lora", "peft.targets=nothing"], "match no Linear layer"),
     (["peft.method=prompt", "peft.num_virtual_tokens=500"], "exceeds the model's 512 positions"),
     (["peft.method=adapter"], "peft.method must be one of"),

@@ -4,7 +4,7 @@ from mindspore import Tensor
 
 from mindllm import device
 from mindllm.errors import UserError
-from mindllm.mlp import MLP, fit, layer_grad_norms, load_digits_split, majority_accuracy
+from mindllm.mlp import MLPClassifier, fit, layer_grad_norms, load_digits_split, majority_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def numpy_mlp(model, x, act):
 @pytest.mark.parametrize("activation, act", [("sigmoid", lambda z: 1 / (1 + np.exp(-z))), ("tanh", np.tanh),
                                              ("relu", lambda z: np.maximum(z, 0))])
 def test_forward_equals_numpy(data, activation, act):
-    model = MLP(64, [32, 16], 10, activation=activation, init="xavier", seed=1)
+    model = MLPClassifier(64, [32, 16], 10, activation=activation, init="xavier", seed=1)
     model.set_train(False)
     x = data["val"][0][:20]
     _, expect = numpy_mlp(model, x, act)
@@ -34,7 +34,7 @@ def test_forward_equals_numpy(data, activation, act):
 
 def test_layer_grad_norms_equal_numpy_backprop(data):
     """Softmax cross-entropy backprop written out in NumPy (week 1's chain rule, one layer deeper)."""
-    model = MLP(64, [32, 16], 10, activation="tanh", init="xavier", seed=2)
+    model = MLPClassifier(64, [32, 16], 10, activation="tanh", init="xavier", seed=2)
     x, y = data["train"][0][:50], data["train"][1][:50]
     hs, logits = numpy_mlp(model, x, np.tanh)
     p = np.exp(logits - logits.max(1, keepdims=True))
@@ -50,15 +50,15 @@ def test_layer_grad_norms_equal_numpy_backprop(data):
 
 def test_deep_sigmoid_gradients_vanish_relu_he_do_not(data):
     x, y = data["train"]
-    sig = layer_grad_norms(MLP(64, [64] * 10, 10, activation="sigmoid", init="default"), x, y)
-    relu = layer_grad_norms(MLP(64, [64] * 10, 10, activation="relu", init="he"), x, y)
+    sig = layer_grad_norms(MLPClassifier(64, [64] * 10, 10, activation="sigmoid", init="default"), x, y)
+    relu = layer_grad_norms(MLPClassifier(64, [64] * 10, 10, activation="relu", init="he"), x, y)
     assert sig[0] / sig[-1] < 1e-5  # measured 1.7e-8: each sigmoid layer multiplies by at most 1/4
     assert 0.1 < relu[0] / relu[-1] < 10  # measured 0.42
 
 
 def test_training_beats_the_majority_baseline(data):
     majority = majority_accuracy(data["train"][1], data["val"][1])
-    history = fit(MLP(64, [64], 10, activation="relu", init="he"), data, optimizer="adam", lr=1e-3, epochs=5)
+    history = fit(MLPClassifier(64, [64], 10, activation="relu", init="he"), data, optimizer="adam", lr=1e-3, epochs=5)
     assert majority < 0.15 and history["val_acc"][0] < 0.3  # untrained ~ chance
     assert history["val_acc"][-1] > 0.85 and history["train_loss"][-1] < history["train_loss"][0] / 3
 
@@ -74,9 +74,9 @@ def test_digits_split_is_stratified_and_standardized(data):
                                           ({"norm": "group"}, "norm")])
 def test_unknown_options_are_clear_errors(kwargs, word):
     with pytest.raises(UserError, match=f"unknown {word}"):
-        MLP(4, [4], 2, **kwargs)
+        MLPClassifier(4, [4], 2, **kwargs)
 
 
 def test_unknown_optimizer(data):
     with pytest.raises(UserError, match="unknown optimizer 'rmsprop'"):
-        fit(MLP(64, [8], 10), data, optimizer="rmsprop", epochs=1)
+        fit(MLPClassifier(64, [8], 10), data, optimizer="rmsprop", epochs=1)

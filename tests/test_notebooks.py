@@ -36,6 +36,7 @@ def test_committed_outputs_come_from_one_full_run(path):
             assert not [o for o in c.outputs if o.output_type == "error"], "committed with an error output"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=names(NOTEBOOKS))
 def test_executes_top_to_bottom(path, monkeypatch):
     from nbclient import NotebookClient

@@ -30,6 +30,7 @@ def launch(*args):
                           env=dict(os.environ, GLOG_v="3"), timeout=600, cwd=ROOT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accum, stop", [(1, None), (2, 2)])
 def test_two_workers_end_equal_to_one_process(tmp_path, small_corpus, accum, stop):
     """Same seed, data and global batch (8 rows: 4 per worker): the 2-worker run's weights and Adam moments equal
@@ -68,6 +69,7 @@ def test_two_workers_end_equal_to_one_process(tmp_path, small_corpus, accum, sto
     assert not os.path.exists(tmp_path / "dp" / "rank_1")  # only rank 0 writes
 
 
+@pytest.mark.slow
 def test_a_failing_worker_fails_the_launch_with_its_error(tmp_path):
     p = launch("-n", "2", "--", *TINY, *DP2, "data.corpus=/no/such/corpus.txt", f"out_dir={tmp_path / 'r'}")
     assert p.returncode == 2, p.stderr

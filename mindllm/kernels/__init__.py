@@ -6,19 +6,29 @@ slowly (profiled: 21 ms of a 97 ms nanoGPT-shape step were ReduceSum). `cpu_kern
 vectorised pass, forward and backward, called through `ops.Custom(func_type="aot")`; for decoding, a whole GPT
 block with its KV cache is one kernel. What each bought: docs/performance.md.
 
-The library is compiled on first use with the system's g++ and cached by the hash of the source, flags and CPU
-(`$MINDLLM_CACHE`, default ~/.cache/mindllm). Where it cannot be used (GPU/Ascend, no compiler,
-`MINDLLM_KERNELS=plain`), `fused()` returns None and the layers run their plain MindSpore formulation, which is
-also the oracle the kernels are tested against (tests/test_kernels.py).
+The models themselves are plain MindSpore (models/); `fuse(model)` swaps their layers for the fused ones of
+fused.py after construction, sharing the Parameters, the way `apply_lora` swaps in adapters. Training and sampling
+call it; on GPU/Ascend, without a compiler or with `MINDLLM_KERNELS=plain` it leaves the model as it is. The
+library is compiled on first use with the system's g++ and cached by the hash of the source, flags and CPU
+(`$MINDLLM_CACHE`, default ~/.cache/mindllm). The plain layers are the oracle the kernels are tested against
+(tests/test_kernels.py).
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import os
+import platform
 import subprocess
 import sys
 import tempfile
+
+import mindspore as ms
+from mindspore import ops
+
+from ..errors import UserError
+from ..models.surgery import replace_cells
+from .fused import FusedBlock, decode_kernel_applies, fused_version
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17"]
@@ -28,8 +38,6 @@ def mode() -> str:
     """`auto` (fused kernels on CPU where they build) or `plain` (pure MindSpore ops), from $MINDLLM_KERNELS."""
     value = os.environ.get("MINDLLM_KERNELS", "auto")
     if value not in ("auto", "plain"):
-        from ..errors import UserError
-
         raise UserError(f"MINDLLM_KERNELS={value!r}: use auto (fused CPU kernels) or plain (MindSpore ops only)")
     return value
 
@@ -67,15 +75,11 @@ def _cpu() -> str:
         with open("/proc/cpuinfo") as fh:
             return next((line for line in fh if line.startswith("flags")), "")
     except OSError:
-        import platform
-
         return platform.machine()
 
 
 def fused() -> "Kernels | None":
     """The fused kernels for the current device, or None where the plain ops must run."""
-    import mindspore as ms
-
     if mode() == "plain" or ms.get_context("device_target") != "CPU":
         return None
     lib = library()
@@ -91,9 +95,6 @@ class Kernels:
     """The Custom primitives, each forward with its backward as bprop. Scalars (eps, scale) travel as (1,) Tensors."""
 
     def __init__(self, lib: str):
-        import mindspore as ms
-        from mindspore import ops
-
         def op(name, shape, dtype, bprop=None):
             return ops.Custom(f"{lib}:{name}", out_shape=shape, out_dtype=dtype, func_type="aot", bprop=bprop)
 
@@ -132,3 +133,17 @@ class Kernels:
             "DecodeBlock", lambda x, *rest: (x, rest[12], rest[13]), lambda *a: (f32, f32, f32))
         self.add_bias = op("AddBias", lambda x, b: x, lambda x, b: f32, bias_bprop)
         self.causal_softmax = op("CausalSoftmaxFwd", lambda x, s: x, lambda x, s: f32, softmax_bprop)
+
+
+def fuse(model):
+    """Swap the model's plain layers for fused ones where the kernels apply (CPU, the kernels built); returns the
+    model. Idempotent: call it again after adding LoRA adapters or changing precision, and each GPT block's
+    one-kernel decoding step is switched on or off to match its layers."""
+    k = fused()
+    if k is None:
+        return model
+    replace_cells(model, lambda name, cell: fused_version(cell, k))
+    for _, cell in model.cells_and_names():
+        if isinstance(cell, FusedBlock):
+            cell.decode_kernel = decode_kernel_applies(cell)
+    return model

@@ -12,7 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from .layers import MLP, CausalSelfAttention, Embedding, LayerNorm, _fused, cross_entropy, mm_dtype  # noqa: F401
+from .layers import MLP, CausalSelfAttention, Embedding, LayerNorm, cross_entropy, mm_dtype  # noqa: F401
 
 
 @dataclass
@@ -36,32 +36,12 @@ class Block(nn.Cell):
         self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.block_size, cfg.dropout, cfg.bias, proj_std)
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
         self.mlp = MLP(cfg.n_embd, cfg.dropout, cfg.bias, proj_std)
-        self.decode_block = _fused("decode_block") if cfg.bias else None  # on CPU: one kernel per decoding step
 
     def construct(self, x, cache=None, pos=None):
-        if cache is not None and self._decode_fusable():
-            return self._decode_fused(x, cache, pos)
         a, present = self.attn(self.ln_1(x), cache, pos)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, present
-
-    def _decode_fusable(self):
-        """The fused kernel reads the four Linears' float32 weights directly: not with LoRA adapters or mixed
-        precision."""
-        linears = (self.attn.c_attn, self.attn.c_proj, self.mlp.c_fc, self.mlp.c_proj)
-        plain = True
-        for lin in linears:
-            plain = plain and not lin.adapted and lin.compute_dtype == ms.float32
-        return self.decode_block is not None and plain
-
-    def _decode_fused(self, x, cache, pos):
-        a, m = self.attn, self.mlp
-        y, k, v = self.decode_block(x, self.ln_1.weight, self.ln_1.bias, a.c_attn.weight, a.c_attn.bias,
-                                    a.c_proj.weight, a.c_proj.bias, self.ln_2.weight, self.ln_2.bias,
-                                    m.c_fc.weight, m.c_fc.bias, m.c_proj.weight, m.c_proj.bias, cache[0], cache[1],
-                                    pos, a.attention.scale_t, self.ln_1.eps_t)
-        return y, (k, v)
 
 
 class Transformer(nn.Cell):

@@ -4,8 +4,8 @@ Parameter names and layouts follow Hugging Face GPT-2 (`weight`/`bias`, Linear w
 its Conv1D), so importing a checkpoint is a loop over names. Written with `ops.*` primitives that have CPU
 kernels in MindSpore 2.10.
 
-On CPU, the bias add, LayerNorm, GELU and the causal softmax run as fused kernels (mindllm/kernels, same math in
-one pass); each layer keeps its plain formulation below, which runs everywhere else and with MINDLLM_KERNELS=plain.
+These are the plain formulations, the math a student reads. On CPU, `mindllm.kernels.fuse(model)` swaps some of
+them for fused kernels after construction (same math in one pass, tested against these).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from .. import kernels
+from ..data.dataset import IGNORE
 
 
 def mm_dtype(cell, *xs):
@@ -33,12 +33,6 @@ def set_compute_dtype(model, dtype) -> None:
             cell.compute_dtype = dtype
 
 
-def _fused(name):
-    """The fused CPU kernel `name` (a Custom primitive with its backward), or None: then the plain ops run."""
-    k = kernels.fused()
-    return None if k is None else getattr(k, name)
-
-
 def _normal(shape, std, rng=None):
     rng = rng or np.random
     return Parameter(Tensor(rng.normal(0.0, std, size=shape).astype(np.float32)))
@@ -52,22 +46,19 @@ class Linear(nn.Cell):
     """y = x @ weight + bias, weight of shape (in, out) as GPT-2's Conv1D; with out_in=True stored (out, in) as
     PyTorch's nn.Linear (BERT), so either checkpoint layout loads without transposing."""
 
-    adapted = False  # LoRALinear: True (a fused kernel that reads `weight` alone would miss the adapter)
-
     def __init__(self, n_in, n_out, bias=True, std=0.02, rng=None, out_in=False):
         super().__init__()
         self.weight = _normal((n_out, n_in) if out_in else (n_in, n_out), std, rng)
         self.bias = _const((n_out,), 0.0) if bias else None
         self.matmul = ops.MatMul(transpose_b=out_in)
         self.compute_dtype = ms.float32
-        self.add_bias = _fused("add_bias")  # its gradient, a sum over rows, is slow as a MindSpore ReduceSum
 
     def construct(self, x):
         shape = x.shape
         a, w = mm_dtype(self, x.reshape(-1, shape[-1]), self.weight)
         y = self.matmul(a, w).astype(x.dtype)  # 2-D matmul: fastest kernel on CPU
         if self.bias is not None:
-            y = self.add_bias(y, self.bias) if self.add_bias is not None else y + self.bias
+            y = y + self.bias
         return y.reshape(shape[:-1] + (y.shape[-1],))
 
 
@@ -90,12 +81,8 @@ class LayerNorm(nn.Cell):
         self.weight = _const((dim,), 1.0)
         self.bias = _const((dim,), 0.0) if bias else None
         self.eps = eps
-        self.fused = _fused("layer_norm") if bias else None
-        self.eps_t = Tensor([eps], ms.float32)
 
     def construct(self, x):
-        if self.fused is not None:
-            return self.fused(x, self.weight, self.bias, self.eps_t)[0]
         mean = x.mean(-1, keep_dims=True)
         xc = x - mean
         var = (xc * xc).mean(-1, keep_dims=True)
@@ -126,14 +113,10 @@ class MLP(nn.Cell):
         self.c_proj = Linear(hidden, n_embd, bias, std=proj_std)
         self.dropout = nn.Dropout(p=dropout)
         self.relu = activation == "relu"
-        self.fused_gelu = _fused("gelu")
 
     def construct(self, x):
         h = self.c_fc(x)
-        if self.relu:
-            h = ops.relu(h)
-        else:
-            h = self.fused_gelu(h) if self.fused_gelu is not None else gelu(h)
+        h = ops.relu(h) if self.relu else gelu(h)
         return self.dropout(self.c_proj(h))
 
 
@@ -162,8 +145,6 @@ class Attention(nn.Cell):
         self.av = ops.BatchMatMul()
         self.dropout = nn.Dropout(p=dropout)
         self.compute_dtype = ms.float32
-        self.causal_softmax = _fused("causal_softmax")  # scale, mask and softmax in one pass
-        self.scale_t = Tensor([self.scale], ms.float32)
 
     def weights(self, q, k, mask):
         """The attention weights (B*nh, Tq, Tk); each row sums to 1."""
@@ -172,12 +153,8 @@ class Attention(nn.Cell):
             att = att + mask
         return ops.softmax(att, -1)
 
-    def construct(self, q, k, v, mask=None, causal=False):
-        """causal=True: `mask` is the causal mask of Tq == Tk positions (the fused kernel applies it itself)."""
-        if causal and self.causal_softmax is not None:
-            att = self.causal_softmax(self.qk(*mm_dtype(self, q, k)).astype(q.dtype), self.scale_t)
-        else:
-            att = self.weights(q, k, mask)
+    def construct(self, q, k, v, mask=None):
+        att = self.weights(q, k, mask)
         return self.av(*mm_dtype(self, self.dropout(att), v)).astype(q.dtype)
 
 
@@ -273,20 +250,16 @@ class CausalSelfAttention(nn.Cell):
         self.mask = causal_mask(block_size)[0]
         self.av = ops.BatchMatMul()  # writes new keys/values into the cache
         self.compute_dtype = ms.float32
-        self.cached_attention = _fused("cached_attention")  # the decoding step below in one kernel
 
     def construct(self, x, cache=None, pos=None):
         B, T, C = x.shape
-        if cache is not None and self.cached_attention is not None:
-            y, k, v = self.cached_attention(self.c_attn(x), cache[0], cache[1], pos, self.attention.scale_t)
-            return self.resid_dropout(self.c_proj(y)), (k, v)
         q, k, v = ops.split(self.c_attn(x), C, axis=2)
         q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # (B*nh, T, hs)
         if cache is None:
             mask = self.mask[:T, :T]
         else:
             k, v, mask = self._use_cache(cache, k, v, pos, T)
-        y = merge_heads(self.attention(q, k, v, mask, cache is None), B)  # attention over (T | block) keys -> (B, T, C)
+        y = merge_heads(self.attention(q, k, v, mask), B)  # attention over (T | block) keys -> (B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
     def _use_cache(self, cache, k, v, pos, T):
@@ -350,7 +323,7 @@ class DecoderLayer(nn.Cell):
         return self.ln_3(x + self.ffn(x))
 
 
-def cross_entropy(logits, targets, ignore_index: int = -100, label_smoothing: float = 0.0):
+def cross_entropy(logits, targets, ignore_index: int = IGNORE, label_smoothing: float = 0.0):
     """Mean negative log-likelihood of `targets` (B, T) under `logits` (B, T, V); `ignore_index` positions
     (padding, prompt tokens) contribute nothing. With label smoothing ε the target distribution is
     (1-ε)·onehot + ε/V, which keeps logits from growing without bound."""

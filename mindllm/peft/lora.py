@@ -18,21 +18,21 @@ import math
 import os
 
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
+from safetensors.numpy import load_file, save_file
 
+from ..checkpoint import load_arrays
 from ..errors import UserError
 from ..models.layers import Linear, mm_dtype
+from ..models.surgery import replace_cells
 
 
 class LoRALinear(Linear):
     """A mindllm Linear (either weight layout) with a trainable low-rank update; shares the base's Parameters."""
 
-    adapted = True
-
     def __init__(self, base: Linear, r: int, alpha: float, dropout: float = 0.0, rng=None):
         nn.Cell.__init__(self)
-        self.weight, self.bias, self.matmul, self.add_bias = base.weight, base.bias, base.matmul, base.add_bias
+        self.weight, self.bias, self.matmul = base.weight, base.bias, base.matmul
         self.compute_dtype = base.compute_dtype
         self.out_in = bool(base.matmul.transpose_b)  # weight stored (out, in) like nn.Linear (BERT) or (in, out)
         n_out, n_in = self.weight.shape if self.out_in else self.weight.shape[::-1]
@@ -76,28 +76,19 @@ def apply_lora(model, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, tar
     if r < 1:
         raise UserError(f"LoRA rank r must be >= 1, got {r}")
     rng = np.random.default_rng(seed)
-    names = []
-    for name, cell in list(model.cells_and_names()):
+
+    def adapter(name, cell):
         if not isinstance(cell, Linear) or isinstance(cell, LoRALinear):
-            continue
+            return None
         last = name.rsplit(".", 1)[-1]
-        if not any(last == t or fnmatch.fnmatch(name, t) for t in targets):
-            continue
-        parent = model
-        for part in name.split(".")[:-1]:
-            parent = parent[int(part)] if isinstance(parent, nn.CellList) else getattr(parent, part)
-        lora = LoRALinear(cell, r, alpha, dropout, rng)
-        if isinstance(parent, nn.CellList):
-            parent[int(last)] = lora
-        else:
-            setattr(parent, last, lora)
-        names.append(name)
+        return LoRALinear(cell, r, alpha, dropout, rng) if any(last == t or fnmatch.fnmatch(name, t)
+                                                                for t in targets) else None
+
+    names = replace_cells(model, adapter)
     if not names:
         linears = sorted({n.rsplit(".", 1)[-1] for n, c in model.cells_and_names() if isinstance(c, Linear)})
         raise UserError(f"LoRA targets {list(targets)} match no Linear layer; this model has: {', '.join(linears)}")
-    # MindSpore renamed the moved Parameters to their short names; give every one its full path back
     for full, p in model.parameters_and_names():
-        p.name = full
         p.requires_grad = ".lora_" in full or full.startswith(tuple(train_also))
     return names
 
@@ -125,8 +116,6 @@ def adapter_state(model) -> dict:
 
 def save_adapter(model, path: str) -> int:
     """Write the trainable tensors only (safetensors, atomically). Returns the file size in bytes."""
-    from safetensors.numpy import save_file
-
     layers = {n: {"r": c.r, "alpha": c.alpha} for n, c in _lora_layers(model)}
     tmp = f"{path}.tmp{os.getpid()}"
     save_file(adapter_state(model), tmp, metadata={"lora": str(layers)})
@@ -136,10 +125,6 @@ def save_adapter(model, path: str) -> int:
 
 def load_adapter(model, path: str) -> None:
     """Load an adapter file into a model that apply_lora was called on with the same settings."""
-    from safetensors.numpy import load_file
-
-    from ..checkpoint import load_arrays
-
     arrays = load_file(path)
     load_arrays(model, arrays, path, skip={n for n, _ in model.parameters_and_names() if n not in arrays})
 

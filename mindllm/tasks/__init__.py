@@ -1,0 +1,59 @@
+"""Tasks: what differs between the course's objectives, one file each. `mindllm.train` runs every one of them
+through the same loop, and a config names its task with the `task:` key.
+
+    causal_lm       predict the next token of a text corpus (GPT)                      tasks/causal_lm.py
+    seq2seq_dates   normalise dates with the encoder-decoder Transformer                tasks/seq2seq_dates.py
+    bert_pretrain   BERT's masked LM + next-sentence prediction on a corpus             tasks/bert_pretrain.py
+    classify        fine-tune BERT for sentence classification (sentiment)             tasks/classify.py
+    instruct        instruction-tune a course GPT on question/answer records           tasks/instruct.py
+
+A task module holds everything about its objective:
+    ARCHS          the model.arch values it trains (the first is the default)
+    Options        a dataclass: the task's own config section, written under the task's name
+    check(cfg)     the task's checks across config keys, run when the config is loaded
+    build(cfg)     -> Task: the model, the batches, the loss and the evaluation
+    report(summary) -> str: the lines `python -m mindllm.train` prints at the end
+    SAMPLES        whether the trained model generates text (the loop then prints a sample)
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+NAMES = ("causal_lm", "seq2seq_dates", "bert_pretrain", "classify", "instruct")
+INSTRUCTION_CORPORA = ("instructions_en", "instructions_zh")
+
+
+def get(name: str):
+    """The module of task `name` (imported by name, so a task may itself open the run of another)."""
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def infer(arch: str, corpus: str) -> str:
+    """The task of a config written before `task:` existed, from model.arch and data.corpus."""
+    if arch == "gpt":
+        return "instruct" if corpus in INSTRUCTION_CORPORA else "causal_lm"
+    return {"transformer": "seq2seq_dates", "bert": "bert_pretrain", "bert_classifier": "classify"}.get(arch, arch)
+
+
+@dataclasses.dataclass(kw_only=True)
+class Task:
+    """One objective, ready to train: a batch is a tuple of arrays and `loss_fn(*batch)` its loss.
+
+    `eval_metrics(model)` adds metrics such as val accuracy to every evaluation, `final_eval(model)` task metrics
+    such as test accuracy to the summary."""
+    model: Any
+    loss_fn: Callable
+    train_batches: Any  # an object with next(), state(), set_state()
+    eval_batches: dict  # {"train": [batch, ...], "val": [...]}, the same batches at every evaluation
+    tokenizer: Any
+    baselines: dict  # {"uniform": ..., "unigram": ...}: losses of models that know nothing / no context
+    tokens_per_batch: int
+    describe: str
+    eval_metrics: Callable | None = None
+    final_eval: Callable | None = None
+
+
+def build(cfg) -> Task:
+    return get(cfg.task).build(cfg)

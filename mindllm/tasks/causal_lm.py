@@ -1,0 +1,64 @@
+"""Causal language modelling (因果语言模型): a GPT predicts token t+1 from tokens <= t of a text corpus."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from ..data import TokenWindows, load_corpus, prepare_tokens
+from ..data.dataset import split_text
+from ..errors import UserError
+from ..models.gpt import GPT, GPTConfig
+from ..models.layers import cross_entropy
+from . import INSTRUCTION_CORPORA, Task
+from .common import fixed_batches, loss_line, run_tokenizer, unigram_loss
+
+ARCHS = ("gpt",)
+SAMPLES = True
+
+
+@dataclass
+class Options:
+    """No options of its own: model, data and train say it all."""
+
+
+def check(cfg) -> None:
+    if cfg.data.corpus in INSTRUCTION_CORPORA:
+        raise UserError(f"data.corpus={cfg.data.corpus} holds question/answer records: train them with "
+                        f"task=instruct (from a causal_lm run, instruct.init=<its out_dir>)")
+
+
+def gpt_config(cfg, vocab_size: int) -> GPTConfig:
+    model = cfg.model
+    return GPTConfig(vocab_size=vocab_size, block_size=model.block_size, n_layer=model.n_layer,
+                     n_head=model.n_head, n_embd=model.n_embd, dropout=model.dropout, bias=model.bias)
+
+
+def language_model(cfg, tokenizer) -> GPT:
+    """The run's GPT, untrained (a checkpoint then fills it)."""
+    return GPT(gpt_config(cfg, tokenizer.vocab_size))
+
+
+def build(cfg) -> Task:
+    text = load_corpus(cfg.data.corpus)
+    # char: the alphabet of the whole corpus; BPE merges learned from the train split only (no val leak)
+    tokenizer = run_tokenizer(cfg, text if cfg.data.tokenizer == "char" else split_text(text, cfg.data.val_fraction)[0])
+    splits = prepare_tokens(text, tokenizer, os.path.join(cfg.out_dir, "data"), cfg.data.val_fraction)
+    block, batch = cfg.model.block_size, cfg.train.batch_size
+    model = language_model(cfg, tokenizer)
+
+    def loss_fn(x, y):
+        return cross_entropy(model(x), y)
+
+    return Task(
+        model=model, loss_fn=loss_fn, tokenizer=tokenizer, tokens_per_batch=batch * block,
+        train_batches=TokenWindows(splits["train"], block, batch, seed=cfg.seed),
+        eval_batches={name: fixed_batches(TokenWindows, (splits[name], block, batch), cfg.seed + 1,
+                                          cfg.train.eval_iters) for name in ("train", "val")},
+        baselines={"uniform": math.log(tokenizer.vocab_size),
+                   "unigram": unigram_loss(splits["train"], splits["val"], tokenizer.vocab_size)},
+        describe=f"GPT {model.num_params() / 1e6:.2f}M params | vocab {tokenizer.vocab_size} ({cfg.data.tokenizer})")
+
+
+def report(summary: dict) -> str:
+    return loss_line(summary)

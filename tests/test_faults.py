@@ -1,0 +1,266 @@
+"""Faults lose nothing: a save killed at any moment leaves a loadable `latest`, a diverging run never names a
+checkpoint it did not verify, a run directory has one writer, and a resume cannot silently train something else."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import TINY
+from mindllm import checkpoint
+from mindllm.checkpoint import clean_partial_saves, latest_checkpoint, read_checkpoint, save_checkpoint
+from mindllm.config import TrainConfig
+from mindllm.errors import UserError
+from mindllm.models.gpt import GPT, GPTConfig
+from mindllm.optim import build_optimizer
+from test_cli import assert_clean_error, run
+
+CFG = GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)
+
+
+@pytest.fixture
+def model_opt():
+    model = GPT(CFG)
+    return model, build_optimizer(model, TrainConfig(max_iters=10))
+
+
+class Crash(Exception):
+    """Stands for the process dying at this point."""
+
+
+def crash_at(monkeypatch, k):
+    """Make the k-th file operation of a save (write, rename, removal, fsync) 'kill' the process."""
+    count = [0]
+
+    def wrap(fn):
+        def inner(*args, **kwargs):
+            count[0] += 1
+            if count[0] == k:
+                raise Crash
+            return fn(*args, **kwargs)
+        return inner
+
+    for name in ("save_file", "write_text_atomic", "fsync"):
+        monkeypatch.setattr(checkpoint, name, wrap(getattr(checkpoint, name)))
+    for name in ("replace", "makedirs"):
+        monkeypatch.setattr(checkpoint.os, name, wrap(getattr(os, name)))
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", wrap(checkpoint.shutil.rmtree))
+    return count
+
+
+@pytest.mark.parametrize("damage", [False, True])
+def test_a_save_interrupted_at_every_point_keeps_a_loadable_latest(tmp_path, model_opt, monkeypatch, damage):
+    """Re-saving step 2 over itself (the copy on disk complete, or damaged and replaced): a crash after any file
+    operation of the save leaves `latest` naming a checkpoint that loads, of step 2 or the one before."""
+    model, opt = model_opt
+    k = 1
+    while True:
+        d = tmp_path / f"k{k}"
+        save_checkpoint(str(d), 1, model, opt, {"data_rng": 1})
+        save_checkpoint(str(d), 2, model, opt, {"data_rng": 2})
+        if damage:  # a flipped byte: the re-save must replace this copy, never lose both
+            f = d / "step_0000002" / "model.safetensors"
+            data = bytearray(f.read_bytes())
+            data[-3] ^= 0xFF
+            f.write_bytes(bytes(data))
+        with monkeypatch.context() as m:
+            count = crash_at(m, k)
+            try:
+                save_checkpoint(str(d), 2, model, opt, {"data_rng": 2})
+                finished = True
+            except Crash:
+                finished = False
+        path = latest_checkpoint(str(d))
+        try:
+            assert read_checkpoint(path)[2]["step"] == 2, (k, path)
+        except UserError:  # still the damaged copy (the crash came before its replacement): step 1 is intact
+            assert damage and path.endswith("step_0000002") and not finished, k
+            read_checkpoint(str(d / "step_0000001"))
+        clean_partial_saves(str(d))
+        assert not [x for x in os.listdir(d) if x.startswith(".")]
+        if finished:
+            break
+        k += 1
+    assert k == count[0] + 1 and k > (8 if damage else 2)  # every file operation of the save was a crash point
+
+
+def test_latest_naming_a_missing_step_recovers_a_complete_temporary_copy(tmp_path, model_opt, capsys):
+    model, opt = model_opt
+    save_checkpoint(str(tmp_path), 59, model, opt, {})
+    save_checkpoint(str(tmp_path), 60, model, opt, {})
+    os.rename(tmp_path / "step_0000060", tmp_path / ".tmp_step_0000060")  # killed between rmtree and rename
+    assert latest_checkpoint(str(tmp_path)).endswith("step_0000060")
+    assert "recovered the newest complete checkpoint, step_0000060" in capsys.readouterr().err
+    assert (tmp_path / "step_0000060").is_dir() and read_checkpoint(str(tmp_path / "step_0000060"))
+    for pointer in ("", "step_9999999\n", "garbage\x00"):  # empty, missing, nonsense: the newest complete step
+        (tmp_path / "latest").write_text(pointer)
+        assert latest_checkpoint(str(tmp_path)).endswith("step_0000060")
+        assert (tmp_path / "latest").read_text() == "step_0000060\n"
+
+
+@pytest.mark.parametrize("files", [[], {}, {"model.safetensors": 3}])
+def test_state_json_without_files_is_one_clear_error(tmp_path, model_opt, files):
+    model, opt = model_opt
+    path = save_checkpoint(str(tmp_path), 1, model, opt, {})
+    state = json.load(open(os.path.join(path, "state.json")))
+    json.dump(dict(state, files=files), open(os.path.join(path, "state.json"), "w"))
+    with pytest.raises(UserError, match="corrupt or incomplete"):
+        read_checkpoint(path)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_temporary_files(tmp_path, model_opt, monkeypatch):
+    model, opt = model_opt
+    save_checkpoint(str(tmp_path), 1, model, opt, {})
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(UserError, match="No space left on device"):
+        save_checkpoint(str(tmp_path), 2, model, opt, {})
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step_0000001"]
+
+
+def test_a_diverging_run_names_only_a_verified_checkpoint(tiny_cfg):
+    """lr=1e4 with a checkpoint every step: the run stops at the first non-finite loss, and the checkpoint it names
+    as the last good one holds finite weights that give a finite loss."""
+    from mindllm.runs import load_trained
+    from mindllm.train import train
+
+    cfg = tiny_cfg("train.ckpt_interval=1", "train.lr=1e4", "train.min_lr=0", "train.warmup_iters=0",
+                   "train.max_iters=300", "train.eval_interval=1000")
+    with pytest.raises(UserError) as e:
+        train(cfg, log=lambda *_: None)
+    message = str(e.value)
+    assert "lower train.lr" in message and "resume=true" in message, message
+    named = message.split("the last good checkpoint is ")[1].split(" ")[0]
+    assert os.path.basename(latest_checkpoint(os.path.join(cfg.out_dir, "ckpt"))) == named
+    weights = load_file(os.path.join(cfg.out_dir, "ckpt", named, "model.safetensors"))
+    assert all(np.isfinite(w).all() for w in weights.values())
+    task, _ = load_trained(cfg.out_dir)
+    assert np.isfinite(float(task.loss_fn(*[__import__("mindspore").Tensor(a)
+                                            for a in task.eval_batches["val"][0]]).asnumpy()))
+
+
+def test_a_fresh_run_that_diverges_at_once_says_no_checkpoint_was_written(tiny_cfg):
+    from mindllm.train import train
+
+    cfg = tiny_cfg("train.lr=1e4", "train.min_lr=0", "train.warmup_iters=0", "train.max_iters=300",
+                   "train.ckpt_interval=1000", "train.eval_interval=1000")
+    with pytest.raises(UserError, match="no checkpoint was written"):
+        train(cfg, log=lambda *_: None)
+    assert not os.path.exists(os.path.join(cfg.out_dir, "ckpt", "latest"))
+
+
+def test_resume_refuses_settings_that_change_the_run(tiny_cfg):
+    from mindllm.train import train
+
+    train(tiny_cfg("train.max_iters=2"), log=lambda *_: None)
+    for change, key in (("data.tokenizer=bpe", "data.tokenizer"), ("model.n_embd=64", "model.n_embd"),
+                        ("seed=5", None)):
+        cfg = tiny_cfg("train.max_iters=4", "resume=true", change)
+        if key is None:  # not part of what the run is: a resume may change it
+            continue
+        with pytest.raises(UserError, match=f"resume=true: {key}="):
+            train(cfg, log=lambda *_: None)
+    train(tiny_cfg("train.max_iters=4", "resume=true", "train.lr=1e-4"), log=lambda *_: None)  # training knobs may
+
+
+def test_a_tampered_tokenizer_is_refused(tiny, tmp_path):
+    p = run("mindllm.train", *tiny)
+    assert p.returncode == 0, p.stderr[-2000:]
+    tok = tmp_path / "run" / "tokenizer.json"
+    data = json.loads(tok.read_text())
+    tok.write_text(json.dumps(dict(data, chars=data["chars"][::-1])))
+    assert_clean_error(run("mindllm.sample", "--ckpt", str(tmp_path / "run"), "--max-new-tokens", "3"),
+                       "is not the tokenizer")
+    tok.write_text(json.dumps({"type": "char"}))
+    assert_clean_error(run("mindllm.sample", "--ckpt", str(tmp_path / "run")), "damaged")
+
+
+@pytest.fixture
+def tiny(tmp_path, small_corpus):
+    return TINY + [f"data.corpus={small_corpus}", f"out_dir={tmp_path / 'run'}", "train.max_iters=2"]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("train:\n  lr: 0.1\ntrain:\n  lr: 0.2\n", "duplicate key 'train'"),
+    ("model:\n  n_layer: 2\n  n_layer: 3\n", "duplicate key 'n_layer'"),
+])
+def test_duplicate_yaml_keys_are_refused(tmp_path, text, fragment):
+    from mindllm.config import load_config
+
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(UserError, match=fragment):
+        load_config(str(f))
+
+
+@pytest.mark.parametrize("override", ["train.lr=nan", "train.lr=inf", "model.dropout=nan", "train.grad_clip=nan",
+                                      "train.min_lr=-inf"])
+def test_non_finite_numbers_are_refused(override):
+    from mindllm.config import load_config
+
+    with pytest.raises(UserError, match="finite number|must be"):
+        load_config(None, [override])
+
+
+def test_a_second_training_into_the_same_run_is_refused_and_a_killed_ones_lock_is_taken_over(tiny):
+    first = subprocess.Popen([sys.executable, "-m", "mindllm.train", *tiny[:-1], "train.max_iters=100000",
+                              "train.ckpt_interval=5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env=dict(os.environ, GLOG_v="3"))
+    out_dir = [a for a in tiny if a.startswith("out_dir=")][0].split("=", 1)[1]
+    deadline = time.time() + 180
+    while not latest_checkpoint(os.path.join(out_dir, "ckpt")) and time.time() < deadline:  # training, saved once
+        time.sleep(0.2)
+    try:
+        assert first.poll() is None, first.stderr.read().decode()[-2000:]
+        second = run("mindllm.train", *tiny, "resume=true")
+        assert_clean_error(second, "is in use by a training run", f"pid {first.pid}")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the killed run's lock is released by the kernel: resuming it works
+    again = run("mindllm.train", *tiny[:-1], "train.max_iters=6", "resume=true")
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_killing_a_saving_process_at_random_moments_never_loses_latest(tmp_path):
+    """A process that saves checkpoints in a loop (new steps, the same step again, a damaged copy replaced) is
+    SIGKILLed at 25 random moments; after each, `latest` loads and names a step it completed."""
+    code = ("import sys, os, json\n"
+            "from mindllm.checkpoint import save_checkpoint\n"
+            "from mindllm.config import TrainConfig\nfrom mindllm.models.gpt import GPT, GPTConfig\n"
+            "from mindllm.optim import build_optimizer\n"
+            "m = GPT(GPTConfig(vocab_size=500, block_size=64, n_layer=2, n_head=2, n_embd=128))\n"
+            "o = build_optimizer(m, TrainConfig(max_iters=10))\n"
+            "d, start = sys.argv[1], int(sys.argv[2])\n"
+            "print('ready', flush=True)\n"
+            "for step in range(start, start + 10**6):\n"
+            "    for s in (step, step, step - 1):\n"
+            "        if s > 0: save_checkpoint(d, s, m, o, {'data_rng': s}, keep=3)\n"
+            "    with open(os.path.join(d, 'done'), 'w') as fh: fh.write(str(step))\n")
+    rng, d, start = random.Random(0), str(tmp_path / "ckpt"), 1
+    for kill in range(25):
+        proc = subprocess.Popen([sys.executable, "-c", code, d, str(start)], stdout=subprocess.PIPE,
+                                env=dict(os.environ, GLOG_v="3"))
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.05, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        path = latest_checkpoint(d)
+        if path is None:  # killed before its first save completed
+            continue
+        _, _, state = read_checkpoint(path)
+        done = int(open(os.path.join(d, "done")).read()) if os.path.exists(os.path.join(d, "done")) else 0
+        assert state["step"] >= done - 1, (kill, state["step"], done)
+        clean_partial_saves(d)
+        start = state["step"] + 1
+    assert start > 10  # the loop got far enough to have killed many saves
