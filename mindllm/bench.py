@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from .errors import UserError, cli
+from .errors import ArgumentParser, UserError, cli
 
 # nanoGPT's CPU shape (its README's shakespeare_char on a laptop) and the 6L/6H/384 shape its GPU run uses
 SHAPES = {
@@ -369,7 +369,7 @@ def markdown(result: dict) -> str:
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="python -m mindllm.bench", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m mindllm.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of: {', '.join(SHAPES)}")
     ap.add_argument("--repeats", type=int, default=3, help="worker processes per framework and shape")
     ap.add_argument("--steps", type=int, default=20, help="timed train steps per worker")

@@ -289,14 +289,14 @@ def _split_task(data: dict) -> tuple[str, dict]:
 
 def _validate(cfg: Config) -> Config:
     """Checks that span several keys; the task checks its own."""
-    m = cfg.model
-    if m.n_embd % m.n_head:
-        raise UserError(f"config: model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
+    model = cfg.model
+    if model.n_embd % model.n_head:
+        raise UserError(f"config: model.n_embd ({model.n_embd}) must be divisible by model.n_head ({model.n_head})")
     if cfg.train.min_lr > cfg.train.lr:
         raise UserError(f"config: train.min_lr ({cfg.train.min_lr}) must not exceed train.lr ({cfg.train.lr})")
     task = tasks.get(cfg.task)
-    if m.arch not in task.ARCHS:
-        raise UserError(f"config: task {cfg.task} trains model.arch={' or '.join(task.ARCHS)}, not {m.arch}")
+    if model.arch not in task.ARCHS:
+        raise UserError(f"config: task {cfg.task} trains model.arch={' or '.join(task.ARCHS)}, not {model.arch}")
     task.check(cfg)
     return cfg
 

@@ -23,7 +23,6 @@ unpickling); mindllm does not depend on torch. The error says how to convert it 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -35,7 +34,7 @@ from mindspore import Tensor
 from safetensors.numpy import load_file, save_file
 
 from . import device, runs
-from .errors import UserError, cli
+from .errors import ArgumentParser, UserError, cli
 from .files import write_text_atomic
 from .models import bert
 from .models.bert import BertConfig
@@ -150,6 +149,26 @@ def read_hf(path: str) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------------------------- configs
 
 
+def _whole_numbers(d: dict, names, where: str) -> None:
+    """config.json sizes must be positive whole numbers of a sane size (a typo must not allocate terabytes)."""
+    for name in names:
+        v = d.get(name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 10 ** 7):
+            raise UserError(f"{where}: {name} must be a whole number in 1..10,000,000, got {str(v)[:40]!r}")
+
+
+def check_sizes(where: str, named: dict, expect: dict, layers: tuple[str, int]) -> None:
+    """Refuse a config.json whose sizes disagree with the checkpoint's tensors, before the model is built."""
+    for key, shape in expect.items():
+        if key in named and tuple(named[key].shape) != tuple(shape):
+            raise UserError(f"{where}: config.json describes '{key}' as {tuple(shape)} but the checkpoint holds "
+                            f"{tuple(named[key].shape)}; the config does not belong to these weights")
+    pattern, n = layers
+    found = {int(m.group(1)) for k in named for m in [re.match(pattern, k)] if m}
+    if found and len(found) < n:  # (more tensors than layers: the copy below names the stray one)
+        raise UserError(f"{where}: config.json says {n} layers but the checkpoint holds {len(found)}")
+
+
 def _check_overrides(overrides: dict, allowed, model_type: str) -> None:
     for k in overrides:
         if k not in allowed:
@@ -163,6 +182,8 @@ def hf_bert_config(config: dict, overrides: dict | None = None, where: str = "co
     overrides = overrides or {}
     _check_overrides(overrides, [f.name for f in fields(BertConfig)], "BERT")
     d = {**config, **overrides}
+    _whole_numbers(d, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                       "intermediate_size", "max_position_embeddings", "type_vocab_size"), where)
     checks = [(d.get("position_embedding_type", "absolute") == "absolute",
                f"position_embedding_type '{d.get('position_embedding_type')}' is not supported (only absolute)"),
               (not d.get("is_decoder", False), "is_decoder=true (a causal BERT) is not supported"),
@@ -185,6 +206,7 @@ def hf_gpt_config(config: dict, overrides: dict | None = None, where: str = "con
     overrides = overrides or {}
     _check_overrides(overrides, GPT2_OVERRIDES, "GPT-2")
     d = {**config, **overrides}
+    _whole_numbers(d, ("vocab_size", "n_positions", "n_ctx", "n_embd", "n_layer", "n_head"), where)
     n_embd = d.get("n_embd", 768)
     act = d.get("activation_function", "gelu_new")
     checks = [(act in ("gelu_new", "gelu_pytorch_tanh"),
@@ -273,6 +295,10 @@ def _load_bert(config: dict, arrays: dict, where: str, arch: str | None, overrid
     for buf in ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids"):  # constant buffers
         canon.pop(buf, None)
     arch = _bert_arch(config, canon, arch)
+    check_sizes(where, canon, {"bert.embeddings.word_embeddings.weight": (cfg.vocab_size, cfg.hidden_size),
+                               "bert.embeddings.position_embeddings.weight": (cfg.max_position_embeddings,
+                                                                              cfg.hidden_size)},
+                (r"bert\.encoder\.layer\.(\d+)\.", cfg.num_hidden_layers))
     if arch == "BertModel":  # the bare encoder: HF's BertModel keys have no prefix
         model = bert.Bert(cfg, add_pooling_layer=any(k.startswith("bert.pooler.") for k in canon))
         named = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in canon.items()}
@@ -315,6 +341,9 @@ def _load_gpt2(config: dict, arrays: dict, where: str, arch: str | None, overrid
     elif config.get("tie_word_embeddings", True) is False:
         raise UserError(f"{where}: config.json says tie_word_embeddings=false but the checkpoint has no "
                         f"lm_head.weight; mindllm's GPT ties its LM head to transformer.wte")
+    check_sizes(where, named, {"transformer.wte.weight": (cfg.vocab_size, cfg.n_embd),
+                               "transformer.wpe.weight": (cfg.block_size, cfg.n_embd)},
+                (r"transformer\.h\.(\d+)\.", cfg.n_layer))
     model = GPT(cfg)
     fresh, unused = _copy_into(model, named, where, ("transformer.",))
     return model, LoadReport(arch, fresh, unused)
@@ -449,7 +478,7 @@ def export_run(run: str, out_dir: str, log=print) -> str:
 
 @cli
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m mindllm.convert", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m mindllm.convert", description=__doc__.split("\n\n")[0])
     ap.add_argument("--to-hf", nargs=2, metavar=("RUN_DIR", "OUT_DIR"), required=True,
                     help="export a mindllm GPT training run as a Hugging Face GPT2LMHeadModel directory")
     ap.add_argument("--device", default="CPU", help="CPU, GPU, Ascend or auto")

@@ -1,6 +1,10 @@
 """User-facing errors: one clear line on stderr and exit status 2, never a traceback."""
+import argparse
+import contextlib
 import functools
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -12,6 +16,13 @@ class UserError(Exception):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with the line to print: what was kept and how to continue."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one `error: ...` line from cli() (not a usage block and a message)."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def cli(main):
@@ -29,3 +40,27 @@ def cli(main):
             sys.exit(130)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def ctrl_c(message):
+    """Ctrl-C (or SIGTERM) inside the block raises Interrupted(message()). MindSpore's runtime answers SIGINT with
+    a handler of its own that sends the process SIGTERM (it then ends as 'Terminated', exit 143, nothing said):
+    SIGTERM is caught here too."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted):
+            raise
+        raise Interrupted(message()) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)

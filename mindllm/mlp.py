@@ -105,8 +105,8 @@ def evaluate(model: MLPClassifier, x, y) -> tuple[float, float]:
     return loss, float((logits.asnumpy().argmax(-1) == y).mean())
 
 
-def fit(model: MLPClassifier, data: dict, optimizer: str = "adam", lr: float = 1e-3, epochs: int = 20, batch_size: int = 64,
-        seed: int = 0, n_train: int | None = None) -> dict:
+def fit(model: MLPClassifier, data: dict, optimizer: str = "adam", lr: float = 1e-3, epochs: int = 20,
+        batch_size: int = 64, seed: int = 0, n_train: int | None = None) -> dict:
     """Mini-batch training; returns per-epoch lists train_loss, val_loss, train_acc, val_acc (epoch 0 is the
     untrained model). `n_train` keeps only the first n training examples (to provoke overfitting)."""
     x_tr, y_tr = data["train"]

@@ -8,7 +8,6 @@ whole window's; both paths produce the same tokens.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -17,7 +16,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from . import device, kernels, runs
-from .errors import UserError, cli
+from .errors import ArgumentParser, UserError, cli, ctrl_c
 
 
 def adjust_logits(logits, history=None, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0):
@@ -90,13 +89,14 @@ def decoder_for(model, batch_size: int, compile_: bool) -> Decoder:
 
 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0,
-             kv_cache=True, compile_=True):
+             kv_cache=True, compile_=True, on_token=None):
     """Continue `idx` (B, T) int token ids by `max_new_tokens`; returns (B, T + max_new_tokens).
 
     The context is the last `block_size` tokens (a sliding window). A window shorter than the block is padded
     at the end, which the causal mask makes harmless, so shapes stay static. With the cache, each new token
     costs one position's forward pass until the window is full; once it slides, positions shift and the window
-    is re-encoded, so the result equals the uncached computation token for token.
+    is re-encoded, so the result equals the uncached computation token for token. `on_token(new)`, if given, sees
+    the new tokens so far (B, n) after each step (to stream them).
     """
     block = model.config.block_size
     idx = np.asarray(idx, dtype=np.int32)
@@ -110,7 +110,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, re
         win = idx[:, -block:]
         return Tensor(np.pad(win, ((0, 0), (0, block - win.shape[1])))), win.shape[1]
 
-    cache, pos = None, 0
+    cache, pos, start = None, 0, idx.shape[1]
     for _ in range(max_new_tokens):
         if not kv_cache:
             x, n = padded_window()
@@ -125,6 +125,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, re
             logits, pos = out.asnumpy()[:, 0], pos + 1
         nxt = pick(logits, rng, history=idx, **rules)
         idx = np.concatenate([idx, nxt[:, None].astype(np.int32)], axis=1)
+        if on_token is not None:
+            on_token(idx[:, start:])
     return idx
 
 
@@ -147,7 +149,7 @@ def complete(model, tokenizer, prompt, max_new_tokens, num_samples=1, notice=pri
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="python -m mindllm.sample", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m mindllm.sample", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True, help="training out_dir (uses its latest checkpoint) or a ckpt dir")
     ap.add_argument("--prompt", default="\\n", help="start text; \\n means newline (default: a newline)")
     ap.add_argument("--max-new-tokens", type=int, default=200)
@@ -162,10 +164,31 @@ def build_parser():
     return ap
 
 
-@cli
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    checks = [(args.max_new_tokens >= 0, "--max-new-tokens must be >= 0"),
+MAX_NEW_TOKENS = 100_000  # a few zeros too many must not run for weeks: far beyond any course model's use
+
+
+class Stream:
+    """Counts the new tokens and prints a single sample's new text as it is generated (an incomplete UTF-8
+    character waits for its bytes)."""
+
+    def __init__(self, tokenizer, show: bool):
+        self.tokenizer, self.show, self.shown, self.count = tokenizer, show, "", 0
+
+    def __call__(self, new_ids):
+        self.count = new_ids.shape[1]
+        if not self.show:
+            return
+        text = self.tokenizer.decode(new_ids[0])
+        if text.startswith(self.shown) and not text.endswith("\ufffd"):
+            print(text[len(self.shown):], end="", flush=True)
+            self.shown = text
+
+    def finish(self, text: str) -> None:
+        print(text[len(self.shown):] if text.startswith(self.shown) else "\n" + text, flush=True)
+
+
+def check_args(args) -> None:
+    checks = [(0 <= args.max_new_tokens <= MAX_NEW_TOKENS, f"--max-new-tokens must be in 0..{MAX_NEW_TOKENS:,}"),
               (args.num_samples >= 1, "--num-samples must be >= 1"),
               (args.temperature >= 0, "--temperature must be >= 0 (0 = greedy)"),
               (args.top_k >= 0, "--top-k must be >= 0"), (0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
@@ -173,18 +196,29 @@ def main(argv=None):
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+
+
+@cli
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_args(args)
     device.setup(device.context_for(args.device), args.seed)
     model, tokenizer, _ = runs.load_model(args.ckpt)
+    prompt = unescape(args.prompt)
+    stream = Stream(tokenizer, show=args.num_samples == 1)
+    if stream.show:
+        print(prompt, end="", flush=True)  # then each token as it comes: a long generation shows its progress
     t0 = time.perf_counter()
-    texts = complete(model, tokenizer, unescape(args.prompt), args.max_new_tokens, args.num_samples,
-                     notice=lambda m: print(m, file=sys.stderr), temperature=args.temperature, top_k=args.top_k,
-                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                     kv_cache=not args.no_kv_cache)
+    with ctrl_c(lambda: f"\ninterrupted after {stream.count} of {args.max_new_tokens} new tokens"):
+        texts = complete(model, tokenizer, prompt, args.max_new_tokens, args.num_samples,
+                         notice=lambda m: print(m, file=sys.stderr), temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                         kv_cache=not args.no_kv_cache, on_token=stream)
     dt = time.perf_counter() - t0
-    for i, text in enumerate(texts):
-        if len(texts) > 1:
-            print(f"--- sample {i + 1}")
-        print(unescape(args.prompt) + text)
+    if stream.show:
+        stream.finish(texts[0])
+    for i, text in enumerate(texts if not stream.show else []):
+        print(f"--- sample {i + 1}\n{prompt}{text}")
     n = args.max_new_tokens * args.num_samples
     print(f"[{n} tokens in {dt:.2f} s, {n / max(dt, 1e-9):.0f} tokens/s, "
           f"KV cache {'off' if args.no_kv_cache else 'on'}]", file=sys.stderr)

@@ -5,7 +5,6 @@
 Each notebook becomes DIR/<name>.html. reveal.js and MathJax are copied from installed PyPI packages into
 DIR/_assets/, so a deck (or the whole DIR, zipped) works with no network. Author guide: docs/slides.md.
 """
-import argparse
 import glob
 import os
 import shutil
@@ -19,7 +18,7 @@ from jinja2 import DictLoader
 from nbconvert import SlidesExporter
 from traitlets.config import Config
 
-from .errors import UserError, cli
+from .errors import ArgumentParser, UserError, cli
 
 ASSETS = "_assets"
 THEME = "white"  # the only theme copied: most other reveal.js themes @import Google Fonts
@@ -158,11 +157,6 @@ def print_pdf(html: str) -> str:
     return pdf
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one "error: ..." line from cli(), not argparse's usage + message
-        raise UserError(f"{message} (see python -m mindllm.slides --help)")
-
-
 @cli
 def main(argv=None):
     ap = ArgumentParser(prog="python -m mindllm.slides", description="Notebooks -> offline reveal.js decks.",
@@ -175,6 +169,10 @@ def main(argv=None):
     paths = args.notebooks + (sorted(glob.glob(os.path.join("notebooks", "*.ipynb"))) if args.all else [])
     if not paths:
         raise UserError("no notebooks: give .ipynb paths, or --all from the repository root")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission
+        raise UserError(f"--out '{args.out}' cannot be made a folder ({e.strerror})") from None
     for path in paths:
         html = build(path, args.out)
         print(html)

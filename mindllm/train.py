@@ -19,9 +19,7 @@ import hashlib
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 
 import numpy as np
@@ -33,7 +31,7 @@ from . import device, kernels, memory, parallel, runs, tasks
 from .checkpoint import clean_partial_saves, latest_checkpoint, load_arrays, optimizer_skip, read_checkpoint, \
     save_checkpoint
 from .config import load_config, save_config
-from .errors import Interrupted, UserError, cli
+from .errors import UserError, cli, ctrl_c
 from .models.layers import set_compute_dtype
 from .optim import build_optimizer, lr_schedule
 from .plot import plot_metrics
@@ -71,7 +69,9 @@ def train(cfg, log=print) -> dict:
         check_runtime(cfg, target)
         dist = parallel.setup(cfg, target)
         os.makedirs(cfg.out_dir, exist_ok=True)
-        with runs.RunLock(cfg.out_dir) if dist.is_main else contextlib.nullcontext():
+        run = None
+        with runs.RunLock(cfg.out_dir) if dist.is_main else contextlib.nullcontext(), \
+                ctrl_c(lambda: f"interrupted: {last_good(run) if run else 'no checkpoint was written'}"):
             run = prepare(cfg, log if dist.is_main else _quiet, target, dist)
             loop(run)
             return finish(run)
@@ -191,54 +191,53 @@ def evaluate(run: Run, eval_loss) -> dict:
 
 def one_step(run: Run) -> tuple[float, object]:
     """One optimizer step over grad_accum micro-batches: (loss on the global batch, pre-clip gradient norm)."""
-    t, dist, steps = run.cfg.train, run.dist, run.steps
+    schedule, dist, steps = run.cfg.train, run.dist, run.steps
 
     def batch():
         return map(Tensor, parallel.rows(run.task.train_batches.next(), dist))
 
-    if t.grad_accum == 1:
+    if schedule.grad_accum == 1:
         loss, norm = steps.step(*batch())
         loss = float(loss.asnumpy())
     else:
         acc, losses = None, []
-        for _ in range(t.grad_accum):
+        for _ in range(schedule.grad_accum):
             part, g = steps.grads(*batch())
             acc = g if acc is None else steps.accumulate(acc, g)
             losses.append(float(part.asnumpy()))
-        norm = steps.apply(acc, Tensor(1.0 / t.grad_accum, ms.float32))
+        norm = steps.apply(acc, Tensor(1.0 / schedule.grad_accum, ms.float32))
         loss = float(np.mean(losses))
     return loss, norm
 
 
 def loop(run: Run) -> None:
-    cfg, t, dist = run.cfg, run.cfg.train, run.dist
+    cfg, schedule, dist = run.cfg, run.cfg.train, run.dist
     eval_loss = ms.jit(run.task.loss_fn) if cfg.context.mode == "graph" else run.task.loss_fn
-    lrs = lr_schedule(t)
+    lrs = lr_schedule(schedule)
     run.task.model.set_train(True)
     if run.start == 0 and dist.is_main:  # the untrained model: the baseline every later number is read against
         run.metrics.write({"step": 0, "lr": lrs[0], **evaluate(run, eval_loss)})
-    bar = tqdm(range(run.start, t.max_iters), initial=run.start, total=t.max_iters, dynamic_ncols=True,
-               file=sys.stderr, desc="train", disable=not (t.progress and dist.is_main))
+    bar = tqdm(range(run.start, schedule.max_iters), initial=run.start, total=schedule.max_iters, dynamic_ncols=True,
+               file=sys.stderr, desc="train", disable=not (schedule.progress and dist.is_main))
     window = Window()
-    with interruptible(run):
-        for it in bar:
-            loss, norm = one_step(run)
-            done = it + 1
-            loss = global_loss(run, loss, done)
-            if not math.isfinite(loss) and run.scaler is None:  # with fp16 loss scaling an overflow skips a step
-                raise UserError(f"the loss became {loss} at step {done}; lower train.lr or set train.grad_clip "
-                                f"({last_good(run, 'and a lower train.lr')})")
-            window.losses.append(loss)
-            record = None
-            is_eval = done % t.eval_interval == 0 or done == t.max_iters
-            if (done % t.log_interval == 0 or is_eval) and dist.is_main:  # evaluation too: the weights are equal
-                record = window.record(done, lrs[it], norm, run.task.tokens_per_batch * t.grad_accum)
-                if is_eval:
-                    record.update(evaluate(run, eval_loss))
-                run.metrics.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", **window.shown(record))
-            if (done % t.ckpt_interval == 0 or done == t.max_iters) and dist.is_main:
-                save_verified(run, done, record.get("val_loss") if record else None, eval_loss)
+    for it in bar:
+        loss, norm = one_step(run)
+        done = it + 1
+        loss = global_loss(run, loss, done)
+        if not math.isfinite(loss) and run.scaler is None:  # with fp16 loss scaling an overflow skips a step
+            raise UserError(f"the loss became {loss} at step {done}; lower train.lr or set train.grad_clip "
+                            f"({last_good(run, 'and a lower train.lr')})")
+        window.losses.append(loss)
+        record = None
+        is_eval = done % schedule.eval_interval == 0 or done == schedule.max_iters
+        if (done % schedule.log_interval == 0 or is_eval) and dist.is_main:  # evaluation too: the weights are equal
+            record = window.record(done, lrs[it], norm, run.task.tokens_per_batch * schedule.grad_accum)
+            if is_eval:
+                record.update(evaluate(run, eval_loss))
+            run.metrics.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", **window.shown(record))
+        if (done % schedule.ckpt_interval == 0 or done == schedule.max_iters) and dist.is_main:
+            save_verified(run, done, record.get("val_loss") if record else None, eval_loss)
     bar.close()
     if dist.split_batches:  # every rank states what it ends with, in its own log: equal on all ranks
         print(f"[rank {dist.rank}/{dist.world}] final weights sha256 {weights_digest(run.task.model)}", flush=True)
@@ -265,29 +264,15 @@ class Window:
 
 def global_loss(run: Run, loss: float, step: int) -> float:
     """Under data parallelism this rank saw its rows only: the global batch's loss (its own goes to its log)."""
-    dist, t = run.dist, run.cfg.train
+    dist, schedule = run.dist, run.cfg.train
     if not dist.split_batches:
         return loss
     total = float(run.loss_mean(Tensor(loss, ms.float32)).asnumpy())
-    if step % t.log_interval == 0:
-        print(f"[rank {dist.rank}/{dist.world}] step {step}: loss {loss:.5f} on its {t.batch_size // dist.world} "
-              f"rows, {total:.5f} on the global batch", flush=True)
+    if step % schedule.log_interval == 0:
+        rows = schedule.batch_size // dist.world
+        print(f"[rank {dist.rank}/{dist.world}] step {step}: loss {loss:.5f} on its {rows} rows, {total:.5f} on the "
+              f"global batch", flush=True)
     return total
-
-
-@contextlib.contextmanager
-def interruptible(run: Run):
-    """Ctrl-C stops the run with one line naming the checkpoint to resume from (MindSpore's own SIGINT handler
-    would end the process as 'Terminated')."""
-    main_thread = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main_thread else None
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: {last_good(run)}") from None
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
 
 
 def last_good(run: Run, change: str = "") -> str:
@@ -316,16 +301,16 @@ def save_verified(run: Run, step: int, val_loss, eval_loss) -> None:
 
 
 def finish(run: Run) -> dict:
-    cfg, t, model = run.cfg, run.cfg.train, run.task.model
+    cfg, schedule, model = run.cfg, run.cfg.train, run.task.model
     if not run.dist.is_main:
-        return {"rank": run.dist.rank, "steps": t.max_iters}
-    last = f"step_{max(run.start, t.max_iters):07d}"
+        return {"rank": run.dist.rank, "steps": schedule.max_iters}
+    last = f"step_{max(run.start, schedule.max_iters):07d}"
     if run.saved is None or os.path.basename(run.saved) != last:  # nothing trained: a checkpoint of the start
-        save_verified(run, max(run.start, t.max_iters), None, run.task.loss_fn)
+        save_verified(run, max(run.start, schedule.max_iters), None, run.task.loss_fn)
     records = run.metrics.read()
     plot_metrics(records, run.task.baselines, os.path.join(cfg.out_dir, "loss.png"))
     evals = [r for r in records if "val_loss" in r]
-    summary = {"steps": t.max_iters, "params": model.num_params(),
+    summary = {"steps": schedule.max_iters, "params": model.num_params(),
                "trainable_params": sum(int(np.prod(p.shape)) for p in model.trainable_params()),
                "vocab_size": run.task.tokenizer.vocab_size,
                "val_loss": evals[-1]["val_loss"], "val_perplexity": math.exp(evals[-1]["val_loss"]),

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from mindspore import Tensor
 from safetensors.numpy import load_file
 
 from conftest import TINY
@@ -144,8 +145,7 @@ def test_a_diverging_run_names_only_a_verified_checkpoint(tiny_cfg):
     weights = load_file(os.path.join(cfg.out_dir, "ckpt", named, "model.safetensors"))
     assert all(np.isfinite(w).all() for w in weights.values())
     task, _ = load_trained(cfg.out_dir)
-    assert np.isfinite(float(task.loss_fn(*[__import__("mindspore").Tensor(a)
-                                            for a in task.eval_batches["val"][0]]).asnumpy()))
+    assert np.isfinite(float(task.loss_fn(*map(Tensor, task.eval_batches["val"][0])).asnumpy()))
 
 
 def test_a_fresh_run_that_diverges_at_once_says_no_checkpoint_was_written(tiny_cfg):
@@ -264,3 +264,117 @@ def test_killing_a_saving_process_at_random_moments_never_loses_latest(tmp_path)
         clean_partial_saves(d)
         start = state["step"] + 1
     assert start > 10  # the loop got far enough to have killed many saves
+
+
+def _anchor_bomb(levels: int = 9) -> str:
+    """A few hundred bytes of YAML whose value is 9**9 strings once expanded (a 'billion laughs')."""
+    names = [chr(97 + i) for i in range(levels)]
+    parts = ["&a [" + ", ".join(["lol"] * 9) + "]"]
+    parts += [f"&{n} [" + ", ".join([f"*{p}"] * 9) + "]" for p, n in zip(names, names[1:])]
+    return "train:\n  lr: [" + ", ".join(parts) + "]\n"
+
+
+ANCHOR_BOMB = _anchor_bomb()
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("bomb.yaml", ANCHOR_BOMB, "train.lr must be a number"),
+    ("big.yaml", "train:\n  lr: [" + "1, " * 3_000_000 + "1]\n", "a config is a few KB"),
+    ("binary.yaml", bytes(range(256)) * 4, "not UTF-8 text"),
+])
+def test_hostile_config_files_are_one_short_line(tmp_path, name, content, fragment):
+    f = tmp_path / name
+    f.write_bytes(content if isinstance(content, bytes) else content.encode())
+    p = run("mindllm.train", str(f))
+    assert_clean_error(p, fragment)
+    assert len(p.stderr) < 400, len(p.stderr)
+
+
+def test_bad_out_dirs_and_seeds_are_one_line(tiny, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    base = [a for a in tiny if not a.startswith("out_dir=")]
+    assert_clean_error(run("mindllm.train", *base, f"out_dir={tmp_path / 'afile' / 'run'}"), "afile")
+    assert_clean_error(run("mindllm.train", *base, f"out_dir={tmp_path / 'afile'}"), "afile")
+    (tmp_path / "long.yaml").write_text("out_dir: " + "x" * 900_000 + "\n")  # a 10 MB one: the file-size limit
+    for p in (run("mindllm.train", *base, "out_dir=" + "x" * 100_000), run("mindllm.train", str(tmp_path / "long.yaml"))):
+        assert_clean_error(p, "characters long")
+        assert len(p.stderr) < 400
+    assert_clean_error(run("mindllm.train", *base, f"out_dir={tmp_path / 'r'}", "seed=4294967296"), "seed must be <=")
+
+
+def test_a_one_character_corpus_is_one_line(tiny, tmp_path):
+    (tmp_path / "one.txt").write_text("a")
+    args = [a for a in tiny if not a.startswith("data.corpus=")]
+    assert_clean_error(run("mindllm.train", *args, f"data.corpus={tmp_path / 'one.txt'}"), "corpus is too small")
+
+
+def test_a_full_disk_while_writing_the_token_cache(tiny_cfg, monkeypatch):
+    from mindllm.train import train
+
+    replace = os.replace
+
+    def full(src, dst, *args, **kwargs):  # the token file was (partly) written, then the disk is full
+        if str(dst).endswith(".bin"):
+            raise OSError(28, "No space left on device", dst)
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+    cfg = tiny_cfg("train.max_iters=1")
+    with pytest.raises(UserError, match="No space left on device"):
+        train(cfg, log=lambda *_: None)
+    assert not [f for f in os.listdir(os.path.join(cfg.out_dir, "data")) if f.endswith(".tmp")]
+
+
+def test_clean_checks_its_paths_before_cleaning(tmp_path):
+    (tmp_path / "in.txt").write_text("one paragraph of text that is long enough\n\nanother one, also long enough")
+    assert_clean_error(run("mindllm.data.clean", str(tmp_path)), "is a directory")
+    assert_clean_error(run("mindllm.data.clean", str(tmp_path / "in.txt"), "--out", str(tmp_path / "no" / "x.txt")),
+                       "does not exist or cannot be written")
+    assert_clean_error(run("mindllm.data.clean", str(tmp_path / "in.txt"), "--out", str(tmp_path)), "is a directory")
+
+
+def test_slides_out_under_a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_clean_error(run("mindllm.slides", "notebooks/01_backprop_by_hand.ipynb", "--out",
+                           str(tmp_path / "afile" / "decks")), "cannot be made a folder")
+
+
+def test_sampling_a_billion_tokens_is_refused(tiny):
+    p = run("mindllm.train", *tiny)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out_dir = [a for a in tiny if a.startswith("out_dir=")][0].split("=", 1)[1]
+    assert_clean_error(run("mindllm.sample", "--ckpt", out_dir, "--max-new-tokens", "1000000000"), "100,000")
+    assert_clean_error(run("mindllm.sample", "--ckpt", out_dir, "--max-new-tokens", "lots"), "invalid int value")
+
+
+def _interrupt(cmd, wait_for, timeout=120):
+    """Start `cmd`, wait until its stdout or stderr shows `wait_for`, send SIGINT; (returncode, stdout, stderr)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, GLOG_v="3"))
+    os.set_blocking(proc.stdout.fileno(), False)
+    os.set_blocking(proc.stderr.fileno(), False)
+    seen, deadline = b"", time.time() + timeout
+    while wait_for.encode() not in seen and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        seen += (proc.stdout.read() or b"") + (proc.stderr.read() or b"")
+    proc.send_signal(signal.SIGINT)
+    os.set_blocking(proc.stdout.fileno(), True)
+    os.set_blocking(proc.stderr.fileno(), True)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, seen.decode(errors="replace") + out.decode(errors="replace"), err.decode()
+
+
+def test_ctrl_c_stops_training_and_sampling_with_one_line(tiny):
+    """MindSpore answers SIGINT with its own handler (the process ended as 'Terminated', exit 143, nothing
+    said): training names its last checkpoint, sampling keeps what it printed."""
+    out_dir = [a for a in tiny if a.startswith("out_dir=")][0].split("=", 1)[1]
+    code, _, err = _interrupt([sys.executable, "-m", "mindllm.train", *tiny[:-1], "train.max_iters=100000",
+                               "train.ckpt_interval=20", "train.log_interval=20", "train.progress=true"],
+                              "40/100000")
+    lines = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert code == 130 and len(lines) == 1 and "Traceback" not in err, (code, err[-2000:])
+    assert "the last good checkpoint is step_" in lines[0] and "resume=true" in lines[0]
+    read_checkpoint(latest_checkpoint(os.path.join(out_dir, "ckpt")))
+    code, out, err = _interrupt([sys.executable, "-m", "mindllm.sample", "--ckpt", out_dir, "--prompt", "ROMEO:",
+                                 "--max-new-tokens", "90000"], "ROMEO:", timeout=60)
+    assert code == 130 and "interrupted after" in err and "Traceback" not in err, (code, err[-2000:])
+    assert out.startswith("ROMEO:")

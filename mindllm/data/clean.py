@@ -11,7 +11,6 @@ Documents are paragraphs (blank-line separated). Steps, in order, each reported 
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -20,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UserError, cli
+from ..errors import ArgumentParser, UserError, cli
+from ..files import write_text_atomic
 
 PRIME = (1 << 31) - 1  # hash functions are a*x + b mod this Mersenne prime
 
@@ -192,8 +192,8 @@ def clean(docs, threshold: float = 0.7, num_perm: int = 128, **quality) -> tuple
     return out, report
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m mindllm.data.clean", description=__doc__.split("\n\n")[0])
+def build_parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="python -m mindllm.data.clean", description=__doc__.split("\n\n")[0])
     ap.add_argument("input", help="a UTF-8 text file; paragraphs (blank-line separated) are the documents")
     ap.add_argument("--out", help="write the kept documents here (default: only print the report)")
     ap.add_argument("--threshold", type=float, default=0.7, help="Jaccard similarity of near duplicates")
@@ -209,23 +209,43 @@ def main(argv=None):
         raise UserError("--threshold must be in (0, 1]")
     if args.num_perm < 1:
         raise UserError("--num-perm must be >= 1")
-    try:
-        with open(args.input, encoding="utf-8") as fh:
-            docs = split_documents(fh.read())
-    except FileNotFoundError:
-        raise UserError(f"input file '{args.input}' not found") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"'{args.input}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not docs:
-        raise UserError(f"'{args.input}' has no text")
+    if args.out:  # before the cleaning runs: a bad output path must not cost the whole run
+        check_writable(args.out)
+    docs = read_documents(args.input)
     kept, report = clean(docs, args.threshold, args.num_perm, min_chars=args.min_chars)
     print(report)
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write("\n\n".join(kept) + "\n")
-        os.replace(tmp, args.out)  # never leave a half-written output
+        try:
+            write_text_atomic(args.out, "\n\n".join(kept) + "\n")  # never a half-written output
+        except OSError as e:
+            raise UserError(f"cannot write '{args.out}' ({e.strerror})") from None
         print(f"wrote {len(kept)} documents to {args.out}", file=sys.stderr)
+
+
+def read_documents(path: str) -> list[str]:
+    if os.path.isdir(path):
+        raise UserError(f"'{path}' is a directory; give a UTF-8 text file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            docs = split_documents(fh.read())
+    except FileNotFoundError:
+        raise UserError(f"input file '{path}' not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"'{path}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read '{path}' ({e.strerror})") from None
+    if not docs:
+        raise UserError(f"'{path}' has no text")
+    return docs
+
+
+def check_writable(path: str) -> None:
+    """A file can be created at `path`: its folder exists and takes writes, and `path` is not a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"--out '{path}' is a directory; give a file name")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UserError(f"--out '{path}': the folder '{folder}' does not exist or cannot be written")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ..errors import UserError
+from ..files import write_text_atomic
 
 IGNORE = -100  # the label of a position the loss skips (prompt, padding, unmasked token): PyTorch's convention
 
@@ -36,22 +37,36 @@ def prepare_tokens(text: str, tokenizer, data_dir: str, val_fraction: float = 0.
     meta_path = os.path.join(data_dir, "meta.json")
     dtype = _dtype(tokenizer.vocab_size)
     paths = {s: os.path.join(data_dir, f"{s}.bin") for s in ("train", "val")}
-    if os.path.exists(meta_path):
-        with open(meta_path) as fh:
-            meta = json.load(fh)
-        if meta.get("key") == key and all(os.path.exists(p) for p in paths.values()):
-            return {s: np.memmap(p, dtype=dtype, mode="r") for s, p in paths.items()}
+    if _cached(meta_path, key, paths):
+        return {s: np.memmap(p, dtype=dtype, mode="r") for s, p in paths.items()}
     train_text, val_text = split_text(text, val_fraction)
     splits = {"train": np.asarray(tokenizer.encode(train_text), dtype=dtype),
               "val": np.asarray(tokenizer.encode(val_text), dtype=dtype)}
     for s, arr in splits.items():
+        if len(arr) < 2:  # (an empty file cannot even be memory-mapped)
+            raise UserError(f"the corpus is too small: its {s} part has {len(arr)} token(s); give a text of at "
+                            f"least a few thousand characters")
         tmp = paths[s] + ".tmp"
-        arr.tofile(tmp)
-        os.replace(tmp, paths[s])
-    with open(meta_path, "w") as fh:
-        json.dump({"key": key, "vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name,
-                   "train_tokens": len(splits["train"]), "val_tokens": len(splits["val"])}, fh)
+        try:
+            arr.tofile(tmp)
+            os.replace(tmp, paths[s])
+        finally:
+            if os.path.exists(tmp):  # a full disk: no half-written cache left behind
+                os.remove(tmp)
+    write_text_atomic(meta_path, json.dumps({"key": key, "vocab_size": tokenizer.vocab_size,
+                                             "dtype": np.dtype(dtype).name, "train_tokens": len(splits["train"]),
+                                             "val_tokens": len(splits["val"])}))
     return {s: np.memmap(p, dtype=dtype, mode="r") for s, p in paths.items()}
+
+
+def _cached(meta_path: str, key: str, paths: dict) -> bool:
+    """Whether the token files were written for this text and tokenizer (an unreadable meta.json: no)."""
+    try:
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("key") == key and all(os.path.exists(p) for p in paths.values())
 
 
 class TokenWindows:
