@@ -15,7 +15,12 @@ class UserError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, with the line to print: what was kept and how to continue."""
+    """Ctrl-C (or another signal that stops a command), with the line to print: what was kept and how to continue.
+    `status` is the exit status: 130 for Ctrl-C, 128 + the signal's number for others (SIGTERM: 143)."""
+
+    def __init__(self, message: str = "interrupted", status: int = 130):
+        super().__init__(message)
+        self.status = status
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -26,7 +31,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def cli(main):
-    """Wrap a command-line entry point so UserError becomes `error: ...` + exit 2, Ctrl-C one line + exit 130."""
+    """Wrap a command-line entry point so UserError becomes `error: ...` + exit 2, Ctrl-C one line + exit 130 (or
+    an Interrupted's status)."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
@@ -37,7 +43,7 @@ def cli(main):
             sys.exit(2)
         except KeyboardInterrupt as e:
             print(str(e) if isinstance(e, Interrupted) else "interrupted", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(getattr(e, "status", 130))
 
     return wrapper
 

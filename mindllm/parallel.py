@@ -172,8 +172,8 @@ def barrier(dist: Dist) -> None:
 def apply_recompute(model) -> int:
     """Activation checkpointing (重计算) per Transformer block: keep each block's input, recompute its insides in
     the backward pass. Returns how many blocks were marked."""
-    blocks = [c for _, c in model.cells_and_names()
-              if type(c).__name__ in ("Block", "BertLayer", "EncoderLayer", "DecoderLayer")]
+    names = ("Block", "BertLayer", "EncoderLayer", "DecoderLayer")  # and subclasses: kernels' FusedBlock
+    blocks = [c for _, c in model.cells_and_names() if any(k.__name__ in names for k in type(c).__mro__)]
     for b in blocks:
         b.recompute()
     return len(blocks)

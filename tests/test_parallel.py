@@ -2,8 +2,11 @@
 layout validation, Megatron shard strategies and recompute."""
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from test_cli import assert_clean_error, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DP2 = ["parallel.parallel_mode=data_parallel", "parallel_config.data_parallel=2"]
+DP2_YAML = "configs/gpt_char_shakespeare_dp2.yaml"
 
 
 def final_weights(out_dir):
@@ -28,6 +32,84 @@ def final_weights(out_dir):
 def launch(*args):
     return subprocess.run([sys.executable, "-m", "mindllm.launch", *args], capture_output=True, text=True,
                           env=dict(os.environ, GLOG_v="3"), timeout=600, cwd=ROOT)
+
+
+def start_launch(out, *args, code=None):
+    """A launcher running in the background; its stdout and stderr go to files next to out (no pipe to fill)."""
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "mindllm.launch"]
+    with open(f"{out}.stdout", "w") as o, open(f"{out}.stderr", "w") as e:
+        return subprocess.Popen([*cmd, *args], stdout=o, stderr=e, env=dict(os.environ, GLOG_v="3"), cwd=ROOT)
+
+
+def finish(proc, out, timeout=120):
+    """Wait (bounded) for a background launcher; -> (exit status, stdout, stderr). A launcher still running at the
+    timeout is stopped as a user would (SIGTERM), then killed."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, open(f"{out}.stdout").read(), open(f"{out}.stderr").read()
+
+
+def job_processes(marker):
+    """Live processes whose command line holds marker (the test's own out_dir): msrun, scheduler, workers, tail."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and int(pid) != os.getpid():
+            found.append(f"{pid} {cmd[:200]}")
+    return found
+
+
+def worker_pid(marker, rank):
+    """The pid of the worker of that rank among the processes of a job (msrun's environment for it names it)."""
+    for line in job_processes(marker):
+        pid = line.split()[0]
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if b"MS_ROLE=MS_WORKER" in env and f"RANK_ID={rank}".encode() in env:
+            return int(pid)
+    return None
+
+
+def read(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def wait_for(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.5)
+
+
+def one_line(stderr, prefix):
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def busy_port():
+    """A port on 127.0.0.1 held by a socket (bound, as another program's would be): close it when done."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s
 
 
 @pytest.mark.slow
@@ -76,6 +158,127 @@ def test_a_failing_worker_fails_the_launch_with_its_error(tmp_path):
     assert "error: unknown corpus '/no/such/corpus.txt'" in p.stderr and "worker_" in p.stderr
 
 
+def test_master_port_in_use_is_one_line_at_once(tmp_path):
+    """A --master-port another program holds is refused before anything starts (it was a silent hang > 390 s)."""
+    held = busy_port()
+    port = held.getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        p = launch("-n", "2", "--master-port", str(port), "--", *TINY, *DP2, f"out_dir={tmp_path / 'r'}")
+        took = time.monotonic() - t0
+    finally:
+        held.close()
+    assert_clean_error(p, f"port {port} on 127.0.0.1 is in use", "--master-port")
+    assert took < 60, took
+    assert not os.path.exists(tmp_path / "r" / "logs") and not job_processes(str(tmp_path))
+
+
+SKIP_PORT_CHECK = ("import sys, mindllm.launch as L\n"
+                   "L.check_port = lambda host, port: port  # as if another program took the port after the check\n"
+                   "L.main(sys.argv[1:])")
+
+
+@pytest.mark.slow
+def test_a_scheduler_that_cannot_listen_ends_the_launch(tmp_path, small_corpus):
+    """The port taken after the launcher's check: the scheduler fails at once, and the launcher, watching it, ends
+    the job within seconds (msrun alone left the workers waiting for it)."""
+    held, out = busy_port(), str(tmp_path / "r")
+    port = held.getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        proc = start_launch(out, "-n", "2", "--master-port", str(port), "--", *TINY, *DP2,
+                            f"data.corpus={small_corpus}", "train.max_iters=4", f"out_dir={out}", code=SKIP_PORT_CHECK)
+        code, _, err = finish(proc, out, timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        held.close()
+    assert code == 2 and f"could not listen on 127.0.0.1:{port}" in one_line(err, "error: "), err
+    assert took < 60, took
+    assert not job_processes(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_whole_job(tmp_path, small_corpus, sig, status):
+    """Ctrl-C or SIGTERM to the launcher mid-run: one `interrupted:` line naming the logs, exit 128 + the signal,
+    and no process of the job left (SIGTERM used to leave msrun, both workers and two `tail -f` under PID 1; SIGINT
+    gave a traceback)."""
+    out = str(tmp_path / "r")
+    proc = start_launch(out, "-n", "2", "--", *TINY, *DP2, f"data.corpus={small_corpus}", "train.max_iters=100000",
+                        "train.log_interval=5", f"out_dir={out}")
+    try:
+        wait_for(lambda: "step 10:" in read(f"{out}/logs/worker_0.log"), 180, "training")
+        proc.send_signal(sig)
+    finally:
+        code, _, err = finish(proc, out, timeout=60)
+    line = one_line(err, f"interrupted: {sig.name} stopped the job; logs in {out}/logs")
+    assert code == status, (code, line)
+    assert not job_processes(out)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_job_and_resume_finishes(tmp_path, small_corpus):
+    """SIGKILL to rank 1 of a running job: the launcher stops the job within seconds with one line naming the
+    rank, nothing is left behind, and resume=true continues from the last checkpoint on both ranks."""
+    out, pids = str(tmp_path / "r"), {}
+    args = [*TINY, *DP2, f"data.corpus={small_corpus}", "train.log_interval=5", "train.ckpt_interval=10",
+            f"out_dir={out}"]
+    proc = start_launch(out, "-n", "2", "--", *args, "train.max_iters=100000")
+
+    def ready():
+        pids[1] = worker_pid(out, 1)
+        return pids[1] and os.path.exists(f"{out}/ckpt/latest")
+
+    try:
+        wait_for(ready, 180, "checkpoint")
+        os.kill(pids[1], signal.SIGKILL)
+        t0 = time.monotonic()
+    finally:
+        code, _, err = finish(proc, out, timeout=60)
+    took = time.monotonic() - t0
+    line = one_line(err, "error: rank 1 was killed by SIGKILL")
+    assert code == 2 and "continue from step_" in line and took < 60, (code, took, line)
+    assert not job_processes(out)
+
+    step = int(read(f"{out}/ckpt/latest").strip().split("_")[1])
+    p = launch("-n", "2", "--", *args, f"train.max_iters={step + 10}", "resume=true")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"resumed from {out}/ckpt/step_{step:07d} at step {step}" in p.stdout, p.stdout[-3000:]
+    digests = [re.findall(r"final weights sha256 (\w+)", read(f"{out}/logs/worker_{r}.log")) for r in (0, 1)]
+    assert len(digests[0]) == 1 and digests[0] == digests[1]
+    assert not job_processes(out)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_equal_one_process(tmp_path, small_corpus):
+    """--nodes 2: two launchers (node ranks 0 and 1, one worker each) meeting on loopback end with the weights of one
+    process with the same global batch; only rank 0 writes."""
+    common = TINY + [f"data.corpus={small_corpus}", "train.batch_size=8", "train.log_interval=2", "train.lr=3e-3",
+                     "train.warmup_iters=0", "train.lr_decay_iters=6", "train.max_iters=6"]
+    held = busy_port()
+    port = held.getsockname()[1]
+    held.close()  # a free port, named on both nodes
+    out = str(tmp_path / "dp")
+    nodes = [start_launch(f"{out}_node{r}", "-n", "1", "--nodes", "2", "--node-rank", str(r), "--master-addr",
+                          "127.0.0.1", "--master-port", str(port), "--", *common, *DP2, f"out_dir={out}")
+             for r in (0, 1)]
+    results = [finish(p, f"{out}_node{r}", timeout=300) for r, p in enumerate(nodes)]
+    for code, stdout, err in results:
+        assert code == 0, stdout[-3000:] + err[-3000:]
+    assert "[rank 0/2] final weights" in results[0][1] and "[rank 1/2] final weights" in results[1][1]
+    assert os.path.exists(f"{out}/logs/msrun_node0.log") and os.path.exists(f"{out}/logs/msrun_node1.log")
+    assert not job_processes(out)
+    one = run("mindllm.train", *common, f"out_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    (w2, o2), (w1, o1) = final_weights(out), final_weights(tmp_path / "one")
+    assert w2.keys() == w1.keys() and o2.keys() == o1.keys()
+    for k in w1:
+        np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-5, err_msg=k)
+    for k in o1:
+        np.testing.assert_allclose(o2[k], o1[k], rtol=1e-4, atol=1e-7, err_msg=k)
+    assert not os.path.exists(f"{out}/rank_1")  # only rank 0 writes
+
+
 def test_failure_report_shows_the_crashed_workers_log_tail(tmp_path):
     from mindllm.launch import failure_report
 
@@ -102,6 +305,8 @@ def test_cluster_config_is_checked_on_a_laptop():
     assert "data_parallel 2 x model_parallel 2 x pipeline_stage 2 - layout valid" in ok.stdout
     assert "memory per device (estimate)" in ok.stdout
     assert_clean_error(launch("-n", "4", "--dry-run", "--", "configs/gpt2_ascend_8p.yaml"), "= 8, but 4 devices")
+    two = launch("-n", "4", "--nodes", "2", "--dry-run", "--", "configs/gpt2_ascend_8p.yaml")  # 4 per machine
+    assert two.returncode == 0 and "layout valid" in two.stdout, two.stderr
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -109,6 +314,15 @@ def test_cluster_config_is_checked_on_a_laptop():
     (["-n", "2", "configs/gpt_char_shakespeare.yaml"], "after '--'"),
     (["-n", "two", "--", "configs/gpt_char_shakespeare.yaml"], "whole numbers"),
     (["-n", "2", "--", "configs/gpt_char_shakespeare.yaml"], "stand_alone would train 2 independent copies"),
+    (["-n", "1", "--nodes", "0", "--", DP2_YAML], "at least 1 machine"),
+    (["-n", "1", "--nodes", "2", "--node-rank", "2", "--", DP2_YAML], "--node-rank 2 is outside 0..1"),
+    (["-n", "1", "--nodes", "2", "--master-port", "29500", "--", DP2_YAML], "needs --master-addr"),
+    (["-n", "1", "--nodes", "2", "--master-addr", "127.0.0.1", "--", DP2_YAML], "needs --master-port"),
+    (["-n", "1", "--nodes", "2", "--master-addr", "192.0.2.1", "--master-port", "29500", "--", DP2_YAML],
+     "not an address of this machine: run --node-rank 0 on 192.0.2.1"),
+    (["-n", "1", "--nodes", "2", "--node-rank", "1", "--master-addr", "no-such-host.invalid", "--master-port",
+      "29500", "--", DP2_YAML], "cannot resolve"),
+    (["-n", "1", "--nodes", "x", "--", DP2_YAML], "whole numbers"),
 ])
 def test_launcher_mistakes(args, fragment):
     assert_clean_error(launch(*args), fragment)
