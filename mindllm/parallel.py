@@ -20,6 +20,9 @@ from mindspore import nn, ops
 from mindspore.communication import get_group_size, get_rank, init
 
 from .errors import UserError
+from .models.bert import BertLayer
+from .models.gpt import Block
+from .models.layers import DecoderLayer, EncoderLayer
 
 SHARDED_MODES = ("semi_auto_parallel", "auto_parallel")
 
@@ -172,8 +175,8 @@ def barrier(dist: Dist) -> None:
 def apply_recompute(model) -> int:
     """Activation checkpointing (重计算) per Transformer block: keep each block's input, recompute its insides in
     the backward pass. Returns how many blocks were marked."""
-    names = ("Block", "BertLayer", "EncoderLayer", "DecoderLayer")  # and subclasses: kernels' FusedBlock
-    blocks = [c for _, c in model.cells_and_names() if any(k.__name__ in names for k in type(c).__mro__)]
+    kinds = (Block, BertLayer, EncoderLayer, DecoderLayer)  # isinstance: kernels.fuse() swaps in a FusedBlock
+    blocks = [c for _, c in model.cells_and_names() if isinstance(c, kinds)]
     for b in blocks:
         b.recompute()
     return len(blocks)

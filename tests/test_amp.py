@@ -36,6 +36,7 @@ def losses(amp, scale=2.0 ** 16, steps=20):
     return out, before, model, scaler
 
 
+@pytest.mark.slow
 def test_fp16_follows_fp32_loss_curve():
     fp32, _, _, _ = losses(amp=False)
     fp16, _, model, _ = losses(amp=True)
@@ -44,6 +45,7 @@ def test_fp16_follows_fp32_loss_curve():
     assert model.transformer.h[0].attn.c_attn.weight.dtype == ms.float32  # master weights stay float32
 
 
+@pytest.mark.slow
 def test_overflowing_step_is_skipped_and_scale_lowered():
     _, before, model, scaler = losses(amp=True, scale=2.0 ** 60, steps=1)  # 2^60 overflows float16 gradients
     assert np.array_equal(model.transformer.h[0].attn.c_attn.weight.asnumpy(), before)

@@ -201,6 +201,7 @@ def small_corpus_module(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_bert_pretraining_runs_through_the_loop_and_learns(pretrained):
     cfg, s = pretrained
     assert abs(s["untrained_val_loss"] - s["uniform_loss"]) < 0.3  # ln V + ln 2 at the start
@@ -243,6 +244,7 @@ def classifier_cfg(tmp_path, *extra):
                                      *extra])
 
 
+@pytest.mark.slow
 def test_classifier_from_scratch_beats_the_majority_class(tmp_path):
     s = train(classifier_cfg(tmp_path, "train.max_iters=150", "train.eval_interval=150"), log=lambda *_: None)
     assert s["majority_accuracy"] == pytest.approx(max(np.array(s["test_confusion"]).sum(1)) / s["test_examples"])
@@ -251,6 +253,7 @@ def test_classifier_from_scratch_beats_the_majority_class(tmp_path):
     assert np.array(s["test_confusion"]).sum() == s["test_examples"]
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_pretrained_encoder_and_freezing_holds(tmp_path, pretrained):
     from safetensors.numpy import load_file
 

@@ -73,6 +73,7 @@ def test_resume_without_checkpoint(tiny):
     assert_clean_error(run("mindllm.train", *tiny, "resume=true"), "holds no checkpoint")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_and_unseen_prompt(tiny, tmp_path):
     p = run("mindllm.train", *tiny)
     assert p.returncode == 0, p.stderr[-3000:]

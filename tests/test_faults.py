@@ -158,6 +158,7 @@ def test_a_fresh_run_that_diverges_at_once_says_no_checkpoint_was_written(tiny_c
     assert not os.path.exists(os.path.join(cfg.out_dir, "ckpt", "latest"))
 
 
+@pytest.mark.slow
 def test_resume_refuses_settings_that_change_the_run(tiny_cfg):
     from mindllm.train import train
 
@@ -172,6 +173,7 @@ def test_resume_refuses_settings_that_change_the_run(tiny_cfg):
     train(tiny_cfg("train.max_iters=4", "resume=true", "train.lr=1e-4"), log=lambda *_: None)  # training knobs may
 
 
+@pytest.mark.slow
 def test_a_tampered_tokenizer_is_refused(tiny, tmp_path):
     p = run("mindllm.train", *tiny)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -211,6 +213,7 @@ def test_non_finite_numbers_are_refused(override):
         load_config(None, [override])
 
 
+@pytest.mark.slow
 def test_a_second_training_into_the_same_run_is_refused_and_a_killed_ones_lock_is_taken_over(tiny):
     first = subprocess.Popen([sys.executable, "-m", "mindllm.train", *tiny[:-1], "train.max_iters=100000",
                               "train.ckpt_interval=5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -339,6 +342,7 @@ def test_slides_out_under_a_file(tmp_path):
                            str(tmp_path / "afile" / "decks")), "cannot be made a folder")
 
 
+@pytest.mark.slow
 def test_sampling_a_billion_tokens_is_refused(tiny):
     p = run("mindllm.train", *tiny)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -363,6 +367,7 @@ def _interrupt(cmd, wait_for, timeout=120):
     return proc.returncode, seen.decode(errors="replace") + out.decode(errors="replace"), err.decode()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_training_and_sampling_with_one_line(tiny):
     """MindSpore answers SIGINT with its own handler (the process ended as 'Terminated', exit 143, nothing
     said): training names its last checkpoint, sampling keeps what it printed."""

@@ -1,6 +1,7 @@
 """Instruction data: records from the real chatterbot-corpus, a question never in both splits, and loss masking
 that scores exactly the response tokens (+ EOS)."""
 import numpy as np
+import pytest
 
 from mindllm.data import gpt2
 from mindllm.data.instruct import IGNORE, encode_record, encode_records, load_records, prompt_text, split_records
@@ -41,6 +42,7 @@ def test_only_the_response_is_scored():
     assert xs.shape == ys.shape == (2, 48) and dropped == 0
 
 
+@pytest.mark.slow
 def test_lora_instruction_tuning_of_a_course_gpt(tmp_path, tiny_cfg):
     """configs/instruct_lora_gpt_bpe.yaml on a tiny BPE GPT: only the LoRA matrices change, the adapter file holds
     them alone, and the report answers held-out questions before and after."""
@@ -76,6 +78,7 @@ def test_lora_instruction_tuning_of_a_course_gpt(tmp_path, tiny_cfg):
     np.testing.assert_allclose(sampler(x).asnumpy(), after(x).asnumpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_full_tuning_reports_the_pretrained_answers_as_before(tmp_path, tiny_cfg):
     """peft.method=none trains every weight: the 'before' answers must still come from the starting weights."""
     from mindllm.config import load_config

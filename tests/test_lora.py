@@ -119,6 +119,7 @@ def test_unknown_target_names_the_layers():
 
 
 @pytest.mark.parametrize("method", ["lora", "ptuning"])
+@pytest.mark.slow
 def test_peft_config_fine_tunes_real_minilm_through_the_loop(tmp_path, method):
     """configs/lora_minilm_tweets.yaml, shortened: the pretrained weights end unchanged, the adapter file holds
     exactly the trained tensors, and the run reloads."""

@@ -387,6 +387,7 @@ def test_megatron_split_is_the_same_mlp():
     np.testing.assert_allclose(parts, full, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_recompute_changes_memory_not_results(tiny_cfg):
     from mindllm.train import train
 

@@ -152,6 +152,7 @@ def test_slide_types_and_tags(tmp_path):
     assert offline_problems(str(tmp_path / "out")) == []
 
 
+@pytest.mark.slow
 def test_cli_all_writes_every_notebook(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mindllm.slides", "--all", "--out", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)

@@ -38,6 +38,7 @@ def test_short_run_learns_and_writes_its_outputs(tiny_cfg):
     assert task.tokenizer.vocab_size == s["vocab_size"] and os.path.exists(os.path.join(moved, "summary.json"))
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_equals_uninterrupted_run(tiny_cfg):
     common = ["train.lr_decay_iters=40", "train.ckpt_interval=20", "train.eval_interval=20", "model.dropout=0.0"]
     full = tiny_cfg(*common, "train.max_iters=40", out="full")
@@ -54,6 +55,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tiny_cfg):
     assert steps == sorted(set(steps))  # the resumed log reads as one run, no duplicated steps
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_different_seed_different(tiny_cfg):
     runs = [tiny_cfg("train.max_iters=10", f"seed={s}", out=f"s{i}") for i, s in enumerate((1, 1, 2))]
     for cfg in runs:
@@ -62,6 +64,7 @@ def test_same_seed_same_weights_different_seed_different(tiny_cfg):
     assert np.array_equal(w[0], w[1]) and not np.allclose(w[0], w[2])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch(tiny_cfg):
     big = tiny_cfg("train.max_iters=5", "train.batch_size=8", out="big")
     acc = tiny_cfg("train.max_iters=5", "train.batch_size=4", "train.grad_accum=2", out="acc")
@@ -72,6 +75,7 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_cfg):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.slow
 def test_existing_run_is_never_overwritten_and_resume_needs_a_checkpoint(tiny_cfg):
     cfg = tiny_cfg("train.max_iters=2")
     with pytest.raises(UserError, match="holds no checkpoint"):
@@ -87,6 +91,7 @@ def test_unigram_baseline():
     assert unigram_loss(train_ids, val_ids, 2) == pytest.approx(-(math.log(p0) + math.log(p1)) / 2)
 
 
+@pytest.mark.slow
 def test_pynative_and_graph_mode_train_the_same(tiny_cfg):
     runs = [tiny_cfg("train.max_iters=6", f"context.mode={m}", "train.log_interval=1", out=m)
             for m in ("graph", "pynative")]
@@ -129,6 +134,7 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tiny_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("kind,vocab", [("bpe", 300), ("hf_bpe", 300), ("gpt2", 50257)])
+@pytest.mark.slow
 def test_every_language_model_tokenizer_trains_and_reloads(tiny_cfg, kind, vocab):
     from mindllm.runs import load_model
 

@@ -148,6 +148,7 @@ def test_date_data_splits_are_disjoint_and_deterministic():
     assert FORMATS["zh_numerals"](datetime.date(1999, 12, 21)) == "一九九九年十二月二十一日"
 
 
+@pytest.mark.slow
 def test_a_short_dates_run_learns(tiny_cfg):
     from mindllm.train import train
 
