@@ -212,6 +212,7 @@ def test_bert_pretraining_runs_through_the_loop_and_learns(pretrained):
     assert [r["step"] for r in records if "mlm_accuracy" in r] == [0, 60, 120]
 
 
+@pytest.mark.slow
 def test_mlm_accuracies_recomputed_from_the_checkpoint(pretrained):
     from mindspore import Tensor
 

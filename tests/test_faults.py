@@ -20,7 +20,7 @@ from mindllm.config import TrainConfig
 from mindllm.errors import UserError
 from mindllm.models.gpt import GPT, GPTConfig
 from mindllm.optim import build_optimizer
-from test_cli import assert_clean_error, run
+from test_cli import assert_clean_error, call, run
 
 CFG = GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)
 
@@ -288,7 +288,7 @@ ANCHOR_BOMB = _anchor_bomb()
 def test_hostile_config_files_are_one_short_line(tmp_path, name, content, fragment):
     f = tmp_path / name
     f.write_bytes(content if isinstance(content, bytes) else content.encode())
-    p = run("mindllm.train", str(f))
+    p = call("mindllm.train", str(f))
     assert_clean_error(p, fragment)
     assert len(p.stderr) < 400, len(p.stderr)
 
@@ -296,19 +296,20 @@ def test_hostile_config_files_are_one_short_line(tmp_path, name, content, fragme
 def test_bad_out_dirs_and_seeds_are_one_line(tiny, tmp_path):
     (tmp_path / "afile").write_text("x")
     base = [a for a in tiny if not a.startswith("out_dir=")]
-    assert_clean_error(run("mindllm.train", *base, f"out_dir={tmp_path / 'afile' / 'run'}"), "afile")
-    assert_clean_error(run("mindllm.train", *base, f"out_dir={tmp_path / 'afile'}"), "afile")
+    assert_clean_error(call("mindllm.train", *base, f"out_dir={tmp_path / 'afile' / 'run'}"), "afile")
+    assert_clean_error(call("mindllm.train", *base, f"out_dir={tmp_path / 'afile'}"), "afile")
     (tmp_path / "long.yaml").write_text("out_dir: " + "x" * 900_000 + "\n")  # a 10 MB one: the file-size limit
-    for p in (run("mindllm.train", *base, "out_dir=" + "x" * 100_000), run("mindllm.train", str(tmp_path / "long.yaml"))):
+    long_name = call("mindllm.train", *base, "out_dir=" + "x" * 100_000)
+    for p in (long_name, call("mindllm.train", str(tmp_path / "long.yaml"))):
         assert_clean_error(p, "characters long")
         assert len(p.stderr) < 400
-    assert_clean_error(run("mindllm.train", *base, f"out_dir={tmp_path / 'r'}", "seed=4294967296"), "seed must be <=")
+    assert_clean_error(call("mindllm.train", *base, f"out_dir={tmp_path / 'r'}", "seed=4294967296"), "seed must be <=")
 
 
 def test_a_one_character_corpus_is_one_line(tiny, tmp_path):
     (tmp_path / "one.txt").write_text("a")
     args = [a for a in tiny if not a.startswith("data.corpus=")]
-    assert_clean_error(run("mindllm.train", *args, f"data.corpus={tmp_path / 'one.txt'}"), "corpus is too small")
+    assert_clean_error(call("mindllm.train", *args, f"data.corpus={tmp_path / 'one.txt'}"), "corpus is too small")
 
 
 def test_a_full_disk_while_writing_the_token_cache(tiny_cfg, monkeypatch):
@@ -330,15 +331,15 @@ def test_a_full_disk_while_writing_the_token_cache(tiny_cfg, monkeypatch):
 
 def test_clean_checks_its_paths_before_cleaning(tmp_path):
     (tmp_path / "in.txt").write_text("one paragraph of text that is long enough\n\nanother one, also long enough")
-    assert_clean_error(run("mindllm.data.clean", str(tmp_path)), "is a directory")
-    assert_clean_error(run("mindllm.data.clean", str(tmp_path / "in.txt"), "--out", str(tmp_path / "no" / "x.txt")),
+    assert_clean_error(call("mindllm.data.clean", str(tmp_path)), "is a directory")
+    assert_clean_error(call("mindllm.data.clean", str(tmp_path / "in.txt"), "--out", str(tmp_path / "no" / "x.txt")),
                        "does not exist or cannot be written")
-    assert_clean_error(run("mindllm.data.clean", str(tmp_path / "in.txt"), "--out", str(tmp_path)), "is a directory")
+    assert_clean_error(call("mindllm.data.clean", str(tmp_path / "in.txt"), "--out", str(tmp_path)), "is a directory")
 
 
 def test_slides_out_under_a_file(tmp_path):
     (tmp_path / "afile").write_text("x")
-    assert_clean_error(run("mindllm.slides", "notebooks/01_backprop_by_hand.ipynb", "--out",
+    assert_clean_error(call("mindllm.slides", "notebooks/01_backprop_by_hand.ipynb", "--out",
                            str(tmp_path / "afile" / "decks")), "cannot be made a folder")
 
 

@@ -104,9 +104,9 @@ def test_full_tuning_reports_the_pretrained_answers_as_before(tmp_path, tiny_cfg
 
 
 def test_instruction_tuning_needs_a_gpt_run(tmp_path):
-    from test_cli import assert_clean_error, run
+    from test_cli import assert_clean_error, call
 
-    assert_clean_error(run("mindllm.train", "configs/instruct_lora_gpt_bpe.yaml", f"instruct.init={tmp_path}",
+    assert_clean_error(call("mindllm.train", "configs/instruct_lora_gpt_bpe.yaml", f"instruct.init={tmp_path}",
                            f"out_dir={tmp_path / 'r'}"), "is not a mindllm run directory")
-    assert_clean_error(run("mindllm.train", "configs/instruct_lora_gpt_bpe.yaml", "instruct.init=",
+    assert_clean_error(call("mindllm.train", "configs/instruct_lora_gpt_bpe.yaml", "instruct.init=",
                            f"out_dir={tmp_path / 'r'}"), "set instruct.init to the out_dir of a causal_lm run")

@@ -143,12 +143,14 @@ def test_decoding_with_kernels_equals_plain(monkeypatch):
     cfg = GPTConfig(vocab_size=50, block_size=24, n_layer=2, n_head=2, n_embd=32)
     plain, fused = plain_and_fused(lambda: GPT(cfg))
     prompt = np.random.default_rng(2).integers(0, 50, (2, 5)).astype(np.int32)
-    want = plain_generate(monkeypatch, plain, prompt, 30, temperature=0.0)  # 30 > 24 - 5: the window slides and is re-encoded
+    # 30 > 24 - 5: the window slides and is re-encoded
+    want = plain_generate(monkeypatch, plain, prompt, 30, temperature=0.0)
     assert (generate(fused, prompt, 30, temperature=0.0) == want).all()
     assert fused.transformer.h[0].decode_kernel and type(plain.transformer.h[0]).__name__ == "Block"
     assert (generate(fused, prompt, 30, temperature=0.0, kv_cache=False) == want).all()
 
 
+@pytest.mark.slow
 def test_lora_models_decode_through_their_adapters(monkeypatch):
     """The fused decoding block reads the base weights only, so a block with LoRA adapters must take the plain path:
     with non-zero adapters, the kernels' tokens equal the plain ops' and differ from the base model's."""

@@ -155,7 +155,7 @@ def test_peft_config_fine_tunes_real_minilm_through_the_loop(tmp_path, method):
     (["peft.method=adapter"], "peft.method must be one of"),
 ])
 def test_peft_mistakes_are_one_line(tmp_path, overrides, fragment):
-    from test_cli import assert_clean_error, run
+    from test_cli import assert_clean_error, call
 
-    assert_clean_error(run("mindllm.train", "configs/lora_minilm_tweets.yaml", *overrides,
+    assert_clean_error(call("mindllm.train", "configs/lora_minilm_tweets.yaml", *overrides,
                            f"out_dir={tmp_path / 'r'}", "train.max_iters=1"), fragment)

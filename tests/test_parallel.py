@@ -17,7 +17,7 @@ from conftest import TINY
 from mindllm import parallel
 from mindllm.config import load_config
 from mindllm.errors import UserError
-from test_cli import assert_clean_error, run
+from test_cli import assert_clean_error, call, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DP2 = ["parallel.parallel_mode=data_parallel", "parallel_config.data_parallel=2"]
@@ -293,7 +293,7 @@ def test_failure_report_shows_the_crashed_workers_log_tail(tmp_path):
 
 def test_semi_auto_parallel_on_cpu_is_one_clear_line(tmp_path):
     bad = ["parallel.parallel_mode=semi_auto_parallel", "parallel.full_batch=true", f"out_dir={tmp_path / 'r'}"]
-    assert_clean_error(run("mindllm.train", *TINY, *bad), "only on GPU/Ascend")
+    assert_clean_error(call("mindllm.train", *TINY, *bad), "only on GPU/Ascend")
     assert_clean_error(launch("-n", "2", "--", *TINY, *bad), "only on GPU/Ascend")
     assert not os.path.exists(tmp_path / "r" / "logs")  # refused before any worker started
 
@@ -325,11 +325,11 @@ def test_cluster_config_is_checked_on_a_laptop():
     (["-n", "1", "--nodes", "x", "--", DP2_YAML], "whole numbers"),
 ])
 def test_launcher_mistakes(args, fragment):
-    assert_clean_error(launch(*args), fragment)
+    assert_clean_error(call("mindllm.launch", *args), fragment)
 
 
 def test_data_parallel_without_the_launcher():
-    assert_clean_error(run("mindllm.train", "configs/gpt_char_shakespeare_dp2.yaml"), "python -m mindllm.launch")
+    assert_clean_error(call("mindllm.train", "configs/gpt_char_shakespeare_dp2.yaml"), "python -m mindllm.launch")
 
 
 @pytest.mark.parametrize("overrides, world, fragment", [
