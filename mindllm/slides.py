@@ -1,23 +1,27 @@
 """Notebooks -> reveal.js slide decks that open offline.
 
-    python -m mindllm.slides notebooks/01_backprop_by_hand.ipynb [more.ipynb ...] [--all] [--out DIR] [--pdf]
+    python -m mindllm.slides notebooks/01_backprop_by_hand.ipynb [more.ipynb ...] [--all] [--out DIR] [--pdf] [--check]
 
 Each notebook becomes DIR/<name>.html. reveal.js and MathJax are copied from installed PyPI packages into
 DIR/_assets/, so a deck (or the whole DIR, zipped) works with no network. Author guide: docs/slides.md.
 """
 import glob
+import html as html_module
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from importlib import metadata
 
-import nbformat
 from jinja2 import DictLoader
 from nbconvert import SlidesExporter
 from traitlets.config import Config
 
+from . import fonts
+from .nbfile import read_notebook
 from .errors import ArgumentParser, UserError, cli
 
 ASSETS = "_assets"
@@ -38,9 +42,26 @@ TEMPLATE = r"""{%- extends 'index.html.j2' -%}
 {% block jupyter_widgets %}{% endblock %}
 {% block html_head_css %}
 <style>
-html:root { --r-heading-text-transform: none; }  /* the theme's capitals mangle names like MindSpore */
-/* a slide taller than the screen (code + output + plot) scrolls instead of being cut off; PDFs get more pages */
-html:not(.reveal-print) .reveal .slides section:not(.stack) { max-height: 100%; overflow-y: auto; }
+/* the deck's Chinese glyphs, cut from the bundled Noto Sans CJK: no system font needed */
+@font-face { font-family: "mindllm CJK"; src: url("{{ resources.assets }}/fonts/{{ resources.font }}") format("woff"); }
+html:root {
+  --r-heading-text-transform: none;  /* the theme's capitals mangle names like MindSpore */
+  --r-main-font: "Source Sans Pro", "mindllm CJK", Helvetica, sans-serif;
+  --r-heading-font: "Source Sans Pro", "mindllm CJK", Helvetica, sans-serif;
+  --r-code-font: "DejaVu Sans Mono", monospace, "mindllm CJK";
+  --r-main-font-size: 30px;
+}
+/* A slide shows what fits on a 1280x720 screen: nothing scrolls. What does not fit is an authoring error that
+   python -m mindllm.slides --check names (docs/slides.md). */
+.reveal .slides section { text-align: left; }
+.reveal .slides section h1, .reveal .slides section h2 { text-align: left; margin-bottom: 0.4em; }
+.reveal .slides section pre, .reveal .slides section .jp-Cell pre { font-size: 16px; line-height: 1.3; margin: 6px 0;
+  width: 100%; box-shadow: none; white-space: pre; overflow: hidden; }
+.reveal .slides section .jp-InputArea-editor pre { background: #f6f8fa; padding: 6px 10px; }
+.reveal .jp-InputPrompt, .reveal .jp-OutputPrompt { display: none; }  /* In [12]: takes width, says nothing */
+.reveal .jp-OutputArea-output img { max-height: 500px; width: auto; margin: 4px 0; }
+.reveal table { font-size: 22px; }
+.reveal .anchor-link { display: none; }
 </style>
 {% endblock %}
 {% block html_head_js_mathjax %}
@@ -62,8 +83,8 @@ window.MathJax = {
 <script src="{{ resources.assets }}/reveal.js/plugin/notes/notes.js"></script>
 <script>
 // one PDF page per slide, not one per fragment step
-Reveal.initialize({hash: true, slideNumber: "c/t", width: 1280, height: 720, pdfSeparateFragments: false,
-                   plugins: [RevealNotes]});
+Reveal.initialize({hash: true, slideNumber: "c/t", width: 1280, height: 720, margin: 0.03, center: false,
+                   pdfSeparateFragments: false, plugins: [RevealNotes]});
 </script>
 {% endblock %}
 """
@@ -94,15 +115,6 @@ def copy_assets(out_dir: str) -> None:
                 shutil.copy2(s, d)
 
 
-def read_notebook(path: str) -> nbformat.NotebookNode:
-    if not os.path.isfile(path):
-        raise UserError(f"notebook not found: {path}")
-    try:
-        return nbformat.read(path, as_version=4)
-    except Exception as e:  # nbformat raises many types (JSON, schema, version); all mean "not a notebook"
-        raise UserError(f"{path} is not a Jupyter notebook ({type(e).__name__}): pass an .ipynb file") from None
-
-
 def exporter() -> SlidesExporter:
     c = Config()
     c.TagRemovePreprocessor.enabled = True
@@ -119,15 +131,84 @@ def build(path: str, out_dir: str) -> str:
     """Write OUT_DIR/<notebook name>.html (plus the shared OUT_DIR/_assets) and return its path."""
     nb = read_notebook(path)
     name = os.path.splitext(os.path.basename(path))[0]
+    font = f"{name}.woff"
     try:
-        html, _ = exporter().from_notebook_node(nb, resources={"assets": ASSETS, "metadata": {"name": name}})
+        html, _ = exporter().from_notebook_node(nb, resources={"assets": ASSETS, "font": font,
+                                                               "metadata": {"name": name}})
     except ValueError as e:  # nbconvert: "All cells are hidden, cannot create slideshow"
         raise UserError(f"{path}: {e}; give at least one cell a slide type other than skip or notes") from None
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, ASSETS, "fonts"), exist_ok=True)
     copy_assets(out_dir)
+    fonts.subset(html, os.path.join(out_dir, ASSETS, "fonts", font))  # every character the deck may show
     out = os.path.join(out_dir, name + ".html")
     with open(out, "w", encoding="utf-8") as fh:
         fh.write(html)
+    return out
+
+
+MAX_CODE_LINES = 12  # code on a slide is the idea, not the plumbing (docs/slides.md)
+
+# Injected into a copy of a deck: once reveal.js is ready, MathJax has typeset and the fonts have loaded, show each
+# slide with all its fragments and measure it (reveal.js lays slides out at 1280x720 before scaling them).
+AUDIT = """<script>Reveal.on("ready", () => MathJax.Hub.Queue(() => document.fonts.ready.then(() => {
+  const config = Reveal.getConfig(), slides = [];
+  Reveal.getSlides().forEach(s => {
+    const at = Reveal.getIndices(s);
+    Reveal.slide(at.h, at.v, 999);
+    const heading = s.querySelector("h1, h2, h3");
+    const code = [...s.querySelectorAll(".jp-InputArea-editor pre")]
+      .reduce((n, p) => n + p.textContent.replace(/\\n+$/, "").split("\\n").length, 0);
+    slides.push({h: at.h, v: at.v, title: heading ? heading.textContent.replace("\u00b6", "").trim() : "",
+      height: s.scrollHeight, code: code,
+      cut: [...s.querySelectorAll("pre")].filter(p => p.scrollWidth > p.clientWidth + 2)
+             .map(p => [p.scrollWidth, p.clientWidth, p.textContent.split("\\n").find(l => l.length > 0) || ""]),
+      notes: [...s.querySelectorAll("aside.notes")].map(a => a.textContent.trim()).join(" ").length});
+  });
+  const cjk = [...document.fonts].find(f => f.family.replace(/"/g, "") === "mindllm CJK");
+  const report = document.createElement("pre");
+  report.id = "mindllm-audit";
+  report.textContent = JSON.stringify({width: config.width, height: config.height, slides: slides,
+    chinese: /[\\u4e00-\\u9fff]/.test(document.body.innerText), cjkFont: cjk ? cjk.status : "absent"});
+  document.body.appendChild(report);
+})));</script>"""
+
+
+def audit(html: str) -> dict:
+    """Every slide of a built deck measured in headless Chromium: {width, height, slides: [{h, v, title, height,
+    code, cut, notes}], chinese, cjkFont}."""
+    probe = os.path.splitext(html)[0] + ".audit.html"  # beside the deck, so its assets resolve
+    with open(html, encoding="utf-8") as fh:
+        page = fh.read()
+    with open(probe, "w", encoding="utf-8") as fh:
+        fh.write(page.replace("</html>", AUDIT + "</html>", 1))
+    try:
+        p = chromium("--window-size=1280,720", "--virtual-time-budget=60000", "--dump-dom",
+                     "file://" + os.path.abspath(probe), timeout=180)
+    finally:
+        os.remove(probe)
+    found = re.search(r'<pre id="mindllm-audit">(.*?)</pre>', p.stdout, re.S)
+    if not found:
+        raise UserError(f"Chromium could not measure {html}: {(p.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(html_module.unescape(found.group(1)))
+
+
+def problems(report: dict) -> list[str]:
+    """What an instructor would have to fix before presenting: one line per problem, naming the slide."""
+    out = []
+    for n, s in enumerate(report["slides"], 1):
+        where = f"slide {n} ({s['h'] + 1}.{s['v'] + 1}) '{s['title'][:50]}'"
+        if s["height"] > report["height"]:
+            out.append(f"{where}: {s['height']} px tall, the screen holds {report['height']}: split it, move prose "
+                       f"to notes, hide-input plumbing")
+        for width, box, line in s["cut"]:
+            out.append(f"{where}: a code line is cut ({width} px in a {box} px box): '{line.strip()[:40]}...'")
+        if s["code"] > MAX_CODE_LINES:
+            out.append(f"{where}: {s['code']} lines of code (at most {MAX_CODE_LINES}): split the cell or hide-input "
+                       f"the plumbing")
+        if n > 1 and not s["notes"]:
+            out.append(f"{where}: no speaker notes (a notes cell after the slide's cells)")
+    if report["chinese"] and report["cjkFont"] != "loaded":
+        out.append(f"the bundled CJK font did not load ({report['cjkFont']}): Chinese falls back to system fonts")
     return out
 
 
@@ -165,6 +246,8 @@ def main(argv=None):
     ap.add_argument("--all", action="store_true", help="every notebooks/*.ipynb")
     ap.add_argument("--out", default="slides", help="output folder (default: slides)")
     ap.add_argument("--pdf", action="store_true", help="also print each deck to PDF with headless Chromium")
+    ap.add_argument("--check", action="store_true", help="measure every slide in headless Chromium and list what "
+                    "does not fit a 1280x720 screen, code over 12 lines, slides without notes (exit 1 if any)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     paths = args.notebooks + (sorted(glob.glob(os.path.join("notebooks", "*.ipynb"))) if args.all else [])
     if not paths:
@@ -173,11 +256,19 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:  # a file in the way, no permission
         raise UserError(f"--out '{args.out}' cannot be made a folder ({e.strerror})") from None
+    found = 0
     for path in paths:
         html = build(path, args.out)
         print(html)
         if args.pdf:
             print(print_pdf(html))
+        if args.check:
+            for line in problems(audit(html)):
+                print(f"  {line}")
+                found += 1
+    if found:
+        print(f"{found} problem(s): the decks are not ready to present", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
