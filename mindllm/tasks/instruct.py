@@ -136,7 +136,7 @@ def build(cfg) -> Task:
 
 def report(s: dict) -> str:
     return (loss_line(s) +
-            f"\nheld-out questions ({s['questions_answered']}), greedy answers, word F1 against the reference: "
+            f"\nheld-out records ({s['questions_answered']}), greedy answers, word F1 against the reference: "
             f"{s['answer_f1']:.3f} after tuning | baselines: before tuning {s['pretrained_answer_f1']:.3f}, "
             f"always the most frequent training answer {s['frequent_answer_f1']:.3f}" +
             "".join(f"\n  Q: {q!r}\n     before: {b!r}\n     after:  {a!r}" for q, b, a in s["answers"][:4]))
