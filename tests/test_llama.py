@@ -128,3 +128,34 @@ def test_grouped_query_attention_equals_multi_head_with_repeated_kv_weights():
     ids = Tensor(ids_for(61, (2, 24)))
     np.testing.assert_allclose(mha(ids).asnumpy(), gqa(ids).asnumpy(), atol=1e-5)
     assert gqa.kv_cache_bytes() * 2 == mha.kv_cache_bytes()
+
+
+@pytest.mark.slow
+def test_llama_trains_resumes_samples_and_takes_lora(tiny_cfg, capsys):
+    """model.arch=llama through the one training loop: it learns, resumes bit-identically, samples with the
+    KV cache, and instruction-style LoRA targets its q_proj / v_proj by name."""
+    from mindllm.peft.lora import LoRALinear, apply_lora
+    from mindllm.runs import load_model
+    from mindllm.train import train
+    common = ["model.arch=llama", "model.n_kv_head=1", "train.lr=3e-3", "train.eval_interval=60",
+              "train.ckpt_interval=60", "train.lr_decay_iters=120"]
+    s = train(tiny_cfg(*common, "train.max_iters=120", out="full"), log=lambda *_: None)
+    assert s["val_loss"] < s["unigram_val_loss"] - 0.2, s
+    train(tiny_cfg(*common, "train.max_iters=60", out="part"), log=lambda *_: None)
+    r = train(tiny_cfg(*common, "train.max_iters=120", "resume=true", out="part"), log=lambda *_: None)
+    assert r["val_loss"] == pytest.approx(s["val_loss"], abs=1e-5)
+    model, tokenizer, cfg = load_model(tiny_cfg(out="full").out_dir)
+    assert isinstance(model, Llama) and model.config.n_kv_head == 1
+    out = generate(model, np.array([tokenizer.encode("ROMEO:")], np.int32), 10, top_k=1)
+    assert out.shape == (1, 16)
+    adapted = apply_lora(model, r=4, alpha=8.0, targets=["q_proj", "v_proj"])
+    names = [name for name, c in model.cells_and_names() if isinstance(c, LoRALinear)]
+    assert sorted(adapted) == sorted(names) and len(names) == 2 * 2 and all(x.endswith(("q_proj", "v_proj")) for x in names), names
+
+
+def test_llama_options_are_checked(tiny_cfg):
+    from mindllm.errors import UserError
+    with pytest.raises(UserError, match="n_kv_head .3. must divide model.n_head .2."):
+        tiny_cfg("model.arch=llama", "model.n_kv_head=3")
+    with pytest.raises(UserError, match="model.n_kv_head belongs to the Llama block"):
+        tiny_cfg("model.n_kv_head=1")

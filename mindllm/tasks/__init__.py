@@ -31,8 +31,9 @@ def get(name: str):
 
 
 def infer(arch: str, corpus: str) -> str:
-    """The task of a config written before `task:` existed, from model.arch and data.corpus."""
-    if arch == "gpt":
+    """The task of a config without a `task:` key (written before it existed, or overrides only), from model.arch
+    and data.corpus."""
+    if arch in ("gpt", "llama"):
         return "instruct" if corpus in INSTRUCTION_CORPORA else "causal_lm"
     return {"transformer": "seq2seq_dates", "bert": "bert_pretrain", "bert_classifier": "classify"}.get(arch, arch)
 
