@@ -148,6 +148,13 @@ def test_llama_trains_resumes_samples_and_takes_lora(tiny_cfg, capsys):
     assert isinstance(model, Llama) and model.config.n_kv_head == 1
     out = generate(model, np.array([tokenizer.encode("ROMEO:")], np.int32), 10, top_k=1)
     assert out.shape == (1, 16)
+    from mindllm.convert import main as convert
+    convert(["--to-hf", cfg.out_dir, cfg.out_dir + "_hf"])  # the run as a LlamaForCausalLM directory
+    assert "LlamaForCausalLM" in capsys.readouterr().out
+    hf = transformers.AutoModelForCausalLM.from_pretrained(cfg.out_dir + "_hf").eval()
+    with torch.no_grad():
+        want = hf(torch.tensor(out, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(model(Tensor(out)).asnumpy(), want, atol=1e-4, rtol=0)
     adapted = apply_lora(model, r=4, alpha=8.0, targets=["q_proj", "v_proj"])
     names = [name for name, c in model.cells_and_names() if isinstance(c, LoRALinear)]
     assert sorted(adapted) == sorted(names) and len(names) == 2 * 2 and all(x.endswith(("q_proj", "v_proj")) for x in names), names
@@ -159,3 +166,44 @@ def test_llama_options_are_checked(tiny_cfg):
         tiny_cfg("model.arch=llama", "model.n_kv_head=3")
     with pytest.raises(UserError, match="model.n_kv_head belongs to the Llama block"):
         tiny_cfg("model.n_kv_head=1")
+
+
+@pytest.mark.parametrize("kind,overrides", [("llama", {}), ("qwen2", {"tie_word_embeddings": True})],
+                         ids=["llama", "qwen2-tied"])
+def test_hugging_face_checkpoints_in_and_out(kind, overrides, tmp_path):
+    """save_pretrained (sharded) -> from_hf: equal logits; to_hf -> transformers' from_pretrained: equal logits."""
+    from mindllm.convert import from_hf, to_hf
+    hf, ours = hf_pair(kind, seed=8, **overrides)
+    hf.save_pretrained(tmp_path / "hf", max_shard_size="20KB")  # several model-0000k-of-0000n.safetensors
+    assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
+    ids = ids_for(61, (2, 24), seed=9)
+    with torch.no_grad():
+        want = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    loaded = from_hf(str(tmp_path / "hf"), log=None)
+    assert isinstance(loaded, Llama) and loaded.config.qkv_bias == (kind == "qwen2")
+    np.testing.assert_allclose(loaded(Tensor(ids)).asnumpy(), want, atol=1e-4, rtol=0)
+    to_hf(ours, str(tmp_path / "out"))
+    Model = transformers.AutoModelForCausalLM
+    back = Model.from_pretrained(str(tmp_path / "out")).eval()
+    assert type(back).__name__ == ("Qwen2ForCausalLM" if kind == "qwen2" else "LlamaForCausalLM")
+    with torch.no_grad():
+        np.testing.assert_allclose(back(torch.tensor(ids, dtype=torch.long)).logits.numpy(), want, atol=1e-4, rtol=0)
+
+
+def test_llama_configs_mindllm_cannot_compute_are_one_line_errors(tmp_path):
+    import json
+    from mindllm.convert import from_hf
+    from mindllm.errors import UserError
+    hf, _ = hf_pair("llama", seed=10)
+    hf.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    cases = [({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "rope type 'yarn'"),
+             ({"max_position_embeddings": 131072}, "from_hf\\(path, max_position_embeddings=2048\\)"),
+             ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+             ({"num_hidden_layers": 3}, "3 layers but the checkpoint holds 2")]
+    for change, message in cases:
+        (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(UserError, match=message):
+            from_hf(str(tmp_path), log=None)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 131072}))
+    assert from_hf(str(tmp_path), log=None, max_position_embeddings=16).config.block_size == 16
