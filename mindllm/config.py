@@ -82,6 +82,11 @@ class ModelConfig:
     rms_norm_eps: float = opt(1e-6, lo=0.0, lo_open=True, doc="llama only")
     qkv_bias: bool = opt(False, doc="llama only: biases on the q, k, v projections, as Qwen2")
     tie_word_embeddings: bool = opt(False, doc="llama only: the LM head is the token embedding (GPT always ties)")
+    num_experts: int = opt(0, lo=0, doc="llama only: > 0 makes every MLP a sparse mixture of this many experts")
+    experts_per_token: int = opt(2, lo=1, doc="llama only: top-k routing of the mixture of experts")
+    capacity_factor: float = opt(0.0, lo=0.0, doc="llama only: 0 = dropless (every expert sees every token); "
+                                                  "else each expert takes at most factor x tokens x k / experts")
+    router_aux_loss_coef: float = opt(0.01, lo=0.0, doc="llama only: weight of the load-balancing loss")
 
 
 @dataclass
@@ -304,6 +309,9 @@ def _validate(cfg: Config) -> Config:
     if model.n_kv_head and model.n_head % model.n_kv_head:
         raise UserError(f"config: model.n_kv_head ({model.n_kv_head}) must divide model.n_head ({model.n_head}): "
                         f"each key/value head serves a whole group of query heads")
+    if model.num_experts and model.experts_per_token > model.num_experts:
+        raise UserError(f"config: model.experts_per_token ({model.experts_per_token}) must not exceed "
+                        f"model.num_experts ({model.num_experts})")
     if cfg.train.min_lr > cfg.train.lr:
         raise UserError(f"config: train.min_lr ({cfg.train.min_lr}) must not exceed train.lr ({cfg.train.lr})")
     task = tasks.get(cfg.task)

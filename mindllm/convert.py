@@ -45,9 +45,9 @@ SAFETENSORS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json"
 BERT_ARCHS = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
 GPT2_ARCHS = ("GPT2LMHeadModel", "GPT2Model")
 GPT2_OVERRIDES = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "resid_pdrop")
-LLAMA_ARCHS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+LLAMA_ARCHS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mixtral": "MixtralForCausalLM"}
 LLAMA_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "max_position_embeddings")
+               "num_key_value_heads", "max_position_embeddings", "num_local_experts", "num_experts_per_tok")
 LLAMA_MAX_BLOCK = 16384  # a (T, T) float32 causal mask beyond this is > 1 GB: ask for a shorter context
 
 
@@ -246,13 +246,14 @@ def _rope(d: dict, where: str) -> tuple[float, float]:
 
 
 def hf_llama_config(config: dict, overrides: dict | None = None, where: str = "config.json") -> LlamaConfig:
-    """mindllm LlamaConfig from a HF Llama or Qwen2 config.json dict, refusing what mindllm computes differently.
+    """mindllm LlamaConfig from a HF Llama, Qwen2 or Mixtral config.json dict, refusing what mindllm computes
+    differently.
     Override `max_position_embeddings` to load a long-context model with a shorter context."""
     overrides = overrides or {}
     _check_overrides(overrides, LLAMA_SIZES + ("rms_norm_eps", "tie_word_embeddings"), config.get("model_type"))
     d = {**config, **overrides}
     _whole_numbers(d, LLAMA_SIZES, where)
-    qwen = d.get("model_type") == "qwen2"
+    qwen, mixtral = d.get("model_type") == "qwen2", d.get("model_type") == "mixtral"
     hidden, heads = d.get("hidden_size", 4096), d.get("num_attention_heads", 32)
     block = d.get("max_position_embeddings", 2048)
     checks = [(d.get("hidden_act", "silu") == "silu", f"hidden_act '{d.get('hidden_act')}' is not supported (SwiGLU "
@@ -260,7 +261,9 @@ def hf_llama_config(config: dict, overrides: dict | None = None, where: str = "c
               (qwen or not d.get("attention_bias", False), "attention_bias=true is not supported"),
               (not d.get("mlp_bias", False), "mlp_bias=true is not supported"),
               (not (qwen and d.get("use_sliding_window", False)), "use_sliding_window=true is not supported"),
-              (hidden % heads == 0 and d.get("head_dim", hidden // heads) == hidden // heads,
+              (not (mixtral and d.get("sliding_window")), f"sliding_window {d.get('sliding_window')} is not supported"),
+              (not (mixtral and d.get("router_jitter_noise", 0.0)), "router_jitter_noise is not supported"),
+              (hidden % heads == 0 and (d.get("head_dim") or hidden // heads) == hidden // heads,
                f"head_dim {d.get('head_dim')} is not hidden_size / num_attention_heads"),
               (heads % d.get("num_key_value_heads", heads) == 0, "num_key_value_heads must divide "
                                                                  "num_attention_heads"),
@@ -276,7 +279,10 @@ def hf_llama_config(config: dict, overrides: dict | None = None, where: str = "c
                        n_kv_head=d.get("num_key_value_heads") or heads, n_embd=hidden,
                        intermediate_size=d.get("intermediate_size", 11008), rope_theta=theta, rope_scaling=factor,
                        rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)), qkv_bias=qwen,
-                       tie_word_embeddings=bool(d.get("tie_word_embeddings", False)))
+                       tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+                       num_experts=d.get("num_local_experts", 8) if mixtral else 0,
+                       experts_per_token=d.get("num_experts_per_tok", 2),
+                       router_aux_loss_coef=float(d.get("router_aux_loss_coef", 0.01)))
 
 
 # ----------------------------------------------------------------------------------------------- import
@@ -400,12 +406,59 @@ def _load_gpt2(config: dict, arrays: dict, where: str, arch: str | None, overrid
     return model, LoadReport(arch, fresh, unused)
 
 
+_LEGACY_MOE = re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.(gate\.weight|experts\.(\d+)\.(w[123])\.weight)")
+
+
+def experts_from_legacy(arrays: dict) -> dict:
+    """Mixtral checkpoints on the Hub (and transformers' save_pretrained) store each expert as w1 (gate), w3 (up),
+    w2 (down) under `block_sparse_moe`; mindllm (like transformers 5 in memory) holds them as 3-D tensors."""
+    out, experts = {}, {}
+    for k, v in arrays.items():
+        m = _LEGACY_MOE.fullmatch(k)
+        if m is None:
+            out[k] = v
+        elif m.group(3) is None:
+            out[f"model.layers.{m.group(1)}.mlp.gate.weight"] = v
+        else:
+            experts.setdefault(int(m.group(1)), {}).setdefault(int(m.group(3)), {})[m.group(4)] = v
+    for layer, by_expert in experts.items():
+        e = [by_expert[j] for j in sorted(by_expert)]
+        if any(set(x) != {"w1", "w2", "w3"} for x in e):
+            raise UserError(f"layer {layer}'s experts lack some of w1, w2, w3; is the checkpoint complete?")
+        out[f"model.layers.{layer}.mlp.experts.gate_up_proj"] = np.stack([np.concatenate([x["w1"], x["w3"]])
+                                                                   for x in e])
+        out[f"model.layers.{layer}.mlp.experts.down_proj"] = np.stack([x["w2"] for x in e])
+    return out
+
+
+def experts_to_legacy(arrays: dict) -> dict:
+    """The inverse of experts_from_legacy: the layout every transformers version and the Hub read."""
+    out = {}
+    for k, v in arrays.items():
+        m = re.fullmatch(r"model\.layers\.(\d+)\.mlp\.(gate\.weight|experts\.(gate_up|down)_proj)", k)
+        if m is None:
+            out[k] = v
+            continue
+        prefix = f"model.layers.{m.group(1)}.block_sparse_moe."
+        if m.group(3) is None:
+            out[prefix + "gate.weight"] = v
+        for j, w in enumerate(v if m.group(3) else []):
+            if m.group(3) == "down":
+                out[f"{prefix}experts.{j}.w2.weight"] = np.ascontiguousarray(w)
+            else:
+                gate, up = np.split(w, 2)
+                out[f"{prefix}experts.{j}.w1.weight"] = np.ascontiguousarray(gate)
+                out[f"{prefix}experts.{j}.w3.weight"] = np.ascontiguousarray(up)
+    return out
+
+
 def _load_llama(config: dict, arrays: dict, where: str, arch: str | None, overrides: dict, cfg_path: str):
     expected = LLAMA_ARCHS[config["model_type"]]
     if arch not in (None, expected):
         raise UserError(f"arch '{arch}' does not fit this {config['model_type']} checkpoint; use {expected}")
     cfg = hf_llama_config(config, overrides, cfg_path)
-    named = {k: v for k, v in arrays.items() if not k.endswith("rotary_emb.inv_freq")}  # a buffer of old versions
+    named = {k: v for k, v in experts_from_legacy(arrays).items()
+             if not k.endswith("rotary_emb.inv_freq")}  # a buffer of old versions
     if cfg.tie_word_embeddings and "lm_head.weight" in named:
         _check_tied(named, "lm_head.weight", "model.embed_tokens.weight", "LM head and token embedding", where)
         named.pop("lm_head.weight")
@@ -462,7 +515,8 @@ _GPT2_KEY = re.compile(r"transformer\.((wte|wpe)\.weight|ln_f\.(weight|bias)|"
 _LLAMA_KEY = re.compile(r"model\.(embed_tokens\.weight|norm\.weight|"
                         r"layers\.\d+\.((input|post_attention)_layernorm\.weight|"
                         r"self_attn\.[qkv]_proj\.(weight|bias)|self_attn\.o_proj\.weight|"
-                        r"mlp\.(gate|up|down)_proj\.weight))|lm_head\.weight")
+                        r"mlp\.(gate|up|down)_proj\.weight|mlp\.gate\.weight|mlp\.experts\.(gate_up|down)_proj))|"
+                        r"lm_head\.weight")
 _BERT_KEY = re.compile(r"(bert\.)?(embeddings\.((word|position|token_type)_embeddings\.weight|"
                        r"LayerNorm\.(weight|bias))|encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|"
                        r"attention\.output\.(dense|LayerNorm)|intermediate\.dense|output\.(dense|LayerNorm))\."
@@ -472,8 +526,12 @@ _BERT_KEY = re.compile(r"(bert\.)?(embeddings\.((word|position|token_type)_embed
 
 
 def llama_hf_config(c: LlamaConfig) -> dict:
-    """config.json of a mindllm Llama: LlamaForCausalLM, or Qwen2ForCausalLM when it has q/k/v biases."""
-    model_type = "qwen2" if c.qkv_bias else "llama"
+    """config.json of a mindllm Llama: LlamaForCausalLM, Qwen2ForCausalLM when it has q/k/v biases,
+    MixtralForCausalLM when its MLPs are experts (dropless: Mixtral has no capacity limit)."""
+    if c.num_experts and (c.qkv_bias or c.capacity_factor):
+        raise UserError("a mixture of experts with q/k/v biases or a capacity limit has no Hugging Face counterpart "
+                        "(MixtralForCausalLM has neither)")
+    model_type = "mixtral" if c.num_experts else "qwen2" if c.qkv_bias else "llama"
     config = {"model_type": model_type, "architectures": [LLAMA_ARCHS[model_type]], "vocab_size": c.vocab_size,
               "hidden_size": c.n_embd, "intermediate_size": c.hidden, "num_hidden_layers": c.n_layer,
               "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head, "head_dim": c.n_embd // c.n_head,
@@ -487,8 +545,11 @@ def llama_hf_config(c: LlamaConfig) -> dict:
     config["rope_parameters"] = rope  # transformers >= 5
     if model_type == "llama":
         config.update(attention_bias=False, mlp_bias=False)
-    else:
+    elif model_type == "qwen2":
         config.update(use_sliding_window=False)
+    else:
+        config.update(num_local_experts=c.num_experts, num_experts_per_tok=c.experts_per_token,
+                      router_aux_loss_coef=c.router_aux_loss_coef, sliding_window=None)
     return config
 
 
@@ -532,6 +593,8 @@ def hf_state(model) -> tuple[dict, dict]:
             raise UserError(f"parameter '{name}' has no Hugging Face counterpart (merge adapters such as LoRA "
                             f"into the weights before exporting)")
         arrays[name] = np.ascontiguousarray(p.asnumpy().astype(np.float32))
+    if config["model_type"] == "mixtral":
+        arrays = experts_to_legacy(arrays)
     return config, arrays
 
 

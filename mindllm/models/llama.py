@@ -7,9 +7,10 @@ What changes from GPT-2's block (models/gpt.py), one idea each:
 - SwiGLU MLP: down(silu(gate(x)) * up(x)), a gated unit with three matrices;
 - grouped-query attention, GQA (分组查询注意力): `n_kv_head` key/value heads, each shared by n_head / n_kv_head query
   heads, so the KV cache shrinks by that factor (MQA at n_kv_head = 1);
-- no biases (Qwen2 keeps them on q, k, v), and an untied LM head.
+- no biases (Qwen2 keeps them on q, k, v), and an untied LM head;
+- optionally a sparse mixture of experts in place of the MLP (Mixtral; models/moe.py).
 
-Parameter names equal Hugging Face `LlamaForCausalLM` / `Qwen2ForCausalLM` state-dict keys
+Parameter names equal Hugging Face `LlamaForCausalLM` / `Qwen2ForCausalLM` / `MixtralForCausalLM` state-dict keys
 (`model.layers.0.self_attn.q_proj.weight`, ...), Linear weights stored (out, in) as in PyTorch.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mindspore import Tensor, nn, ops
 
 from .layers import (Attention, Embedding, Linear, _const, causal_mask, cross_entropy, merge_heads,  # noqa: F401
                      mm_dtype, split_heads, write_cache)
+from .moe import SparseMoE
 
 
 @dataclass
@@ -40,6 +42,10 @@ class LlamaConfig:
     qkv_bias: bool = False        # Qwen2: biases on q, k and v projections
     tie_word_embeddings: bool = False
     dropout: float = 0.0
+    num_experts: int = 0          # > 0: each MLP is a sparse mixture of this many SwiGLU experts (Mixtral)
+    experts_per_token: int = 2    # top-k routing
+    capacity_factor: float = 0.0  # 0 = dropless; else each expert takes at most factor·N·k/E of N tokens
+    router_aux_loss_coef: float = 0.01  # weight of the load-balancing loss in training
 
     @property
     def hidden(self) -> int:
@@ -136,41 +142,45 @@ class LlamaMLP(nn.Cell):
 
 
 class LlamaDecoderLayer(nn.Cell):
-    """Pre-norm block: x + attn(rmsnorm(x)), then x + mlp(rmsnorm(x)); `mlp` may be a mixture of experts."""
+    """Pre-norm block: x + attn(rmsnorm(x)), then x + mlp(rmsnorm(x)). Returns (x, present, router), router =
+    (aux loss, expert load) of a mixture-of-experts MLP, None for a dense one."""
 
-    def __init__(self, cfg: LlamaConfig, mlp=None):
+    def __init__(self, cfg: LlamaConfig):
         super().__init__()
         proj_std = 0.02 / math.sqrt(2 * cfg.n_layer)  # as GPT-2: residual projections scaled by depth
         self.input_layernorm = RMSNorm(cfg.n_embd, cfg.rms_norm_eps)
         self.self_attn = LlamaAttention(cfg, proj_std)
         self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.rms_norm_eps)
-        self.mlp = mlp if mlp is not None else LlamaMLP(cfg, proj_std)
+        self.moe = cfg.num_experts > 0
+        self.mlp = SparseMoE(cfg.n_embd, cfg.hidden, cfg.num_experts, cfg.experts_per_token, cfg.capacity_factor,
+                             proj_std) if self.moe else LlamaMLP(cfg, proj_std)
 
     def construct(self, x, cache=None, pos=None):
         a, present = self.self_attn(self.input_layernorm(x), cache, pos)
         x = x + a
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, present
+        if not self.moe:
+            return x + self.mlp(self.post_attention_layernorm(x)), present, None
+        m, aux, load = self.mlp(self.post_attention_layernorm(x))
+        return x + m, present, (aux, load)
 
 
 class LlamaModel(nn.Cell):
-    def __init__(self, cfg: LlamaConfig, mlp_factory=None):
+    def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.n_embd)
-        self.layers = nn.CellList([LlamaDecoderLayer(cfg, mlp_factory(cfg) if mlp_factory else None)
-                                   for _ in range(cfg.n_layer)])
+        self.layers = nn.CellList([LlamaDecoderLayer(cfg) for _ in range(cfg.n_layer)])
         self.norm = RMSNorm(cfg.n_embd, cfg.rms_norm_eps)
 
 
 class Llama(nn.Cell):
     """Decoder-only LM with the modern block. Same interface as GPT (construct, forward_cached, num_params), so
-    training, sampling, LoRA and the KV-cache generator use it unchanged. `mlp_factory(cfg)` builds each layer's
-    MLP (models/moe.py passes a mixture of experts)."""
+    training, sampling, LoRA and the KV-cache generator use it unchanged; `forward_with_router` adds the
+    mixture-of-experts statistics training needs."""
 
-    def __init__(self, cfg: LlamaConfig, mlp_factory=None):
+    def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.config = cfg
-        self.model = LlamaModel(cfg, mlp_factory)
+        self.model = LlamaModel(cfg)
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, False, out_in=True)
         self.tied_head = ops.MatMul(transpose_b=True)  # logits = h @ embed_tokens.T when tied
@@ -191,16 +201,37 @@ class Llama(nn.Cell):
     def forward_cached(self, idx, cache=None, pos=None):
         """As GPT.forward_cached: `cache` a list of per-layer (k, v) of shape (B*n_kv_head, block_size, hs), `pos`
         an int32 scalar Tensor (position of idx's first token); returns (logits, cache)."""
+        logits, presents, _ = self._forward(idx, cache, pos)
+        return logits, presents
+
+    def forward_with_router(self, idx):
+        """(logits, aux loss: the mean of the MoE layers' load-balancing losses, load (n_moe_layers, E): each
+        layer's share of routing choices per expert)."""
+        logits, _, routers = self._forward(idx)
+        aux = sum(r[0] for r in routers) / len(routers)
+        return logits, aux, ops.stack([r[1] for r in routers])
+
+    def _forward(self, idx, cache=None, pos=None):
         x = self.model.embed_tokens(idx)  # (B, T, C); positions enter inside attention, as rotations
-        presents = []
+        presents, routers = [], []
         for i, layer in enumerate(self.model.layers):
-            x, present = layer(x, None if cache is None else cache[i], pos)
+            x, present, router = layer(x, None if cache is None else cache[i], pos)
             presents.append(present)
-        return self._logits(self.model.norm(x)), presents
+            if router is not None:
+                routers.append(router)
+        return self._logits(self.model.norm(x)), presents, routers
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters; RoPE has none, so non_embedding changes nothing (kept for GPT's signature)."""
         return sum(int(np.prod(p.shape)) for p in self.get_parameters())
+
+    def active_params(self) -> int:
+        """Parameters one token uses: a mixture of experts counts only its top-k experts (and the router)."""
+        c = self.config
+        if not c.num_experts:
+            return self.num_params()
+        per_expert = 3 * c.n_embd * c.hidden
+        return self.num_params() - c.n_layer * (c.num_experts - c.experts_per_token) * per_expert
 
     def kv_cache_bytes(self, batch_size: int = 1) -> int:
         """float32 bytes of a full KV cache: 2 (k, v) x layers x batch x n_kv_head x block x head_size."""

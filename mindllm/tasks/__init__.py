@@ -43,7 +43,8 @@ class Task:
     """One objective, ready to train: a batch is a tuple of arrays and `loss_fn(*batch)` its loss.
 
     `eval_metrics(model)` adds metrics such as val accuracy to every evaluation, `final_eval(model)` task metrics
-    such as test accuracy to the summary."""
+    such as test accuracy to the summary. `eval_loss_fn`, if given, is the loss evaluations report (a mixture of
+    experts trains on its loss plus a load-balancing term, and reports the loss alone)."""
     model: Any
     loss_fn: Callable
     train_batches: Any  # an object with next(), state(), set_state()
@@ -54,6 +55,7 @@ class Task:
     describe: str
     eval_metrics: Callable | None = None
     final_eval: Callable | None = None
+    eval_loss_fn: Callable | None = None
 
 
 def build(cfg) -> Task:

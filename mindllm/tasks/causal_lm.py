@@ -7,6 +7,8 @@ import math
 import os
 from dataclasses import dataclass
 
+from mindspore import Tensor
+
 from ..data import TokenWindows, load_corpus, prepare_tokens
 from ..data.dataset import split_text
 from ..errors import UserError
@@ -48,7 +50,9 @@ def llama_config(cfg, vocab_size: int) -> LlamaConfig:
     return LlamaConfig(vocab_size=vocab_size, block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head,
                        n_kv_head=m.n_kv_head or m.n_head, n_embd=m.n_embd, intermediate_size=m.intermediate_size,
                        rope_theta=m.rope_theta, rope_scaling=m.rope_scaling, rms_norm_eps=m.rms_norm_eps,
-                       qkv_bias=m.qkv_bias, tie_word_embeddings=m.tie_word_embeddings, dropout=m.dropout)
+                       qkv_bias=m.qkv_bias, tie_word_embeddings=m.tie_word_embeddings, dropout=m.dropout,
+                       num_experts=m.num_experts, experts_per_token=m.experts_per_token,
+                       capacity_factor=m.capacity_factor, router_aux_loss_coef=m.router_aux_loss_coef)
 
 
 def language_model(cfg, tokenizer) -> GPT | Llama:
@@ -69,14 +73,35 @@ def build(cfg) -> Task:
     def loss_fn(x, y):
         return cross_entropy(model(x), y)
 
+    evals = {name: fixed_batches(TokenWindows, (splits[name], block, batch), cfg.seed + 1, cfg.train.eval_iters)
+             for name in ("train", "val")}
     return Task(
-        model=model, loss_fn=loss_fn, tokenizer=tokenizer, tokens_per_batch=batch * block,
-        train_batches=TokenWindows(splits["train"], block, batch, seed=cfg.seed),
-        eval_batches={name: fixed_batches(TokenWindows, (splits[name], block, batch), cfg.seed + 1,
-                                          cfg.train.eval_iters) for name in ("train", "val")},
+        model=model, **objective(model, loss_fn, evals["val"]), tokenizer=tokenizer, tokens_per_batch=batch * block,
+        train_batches=TokenWindows(splits["train"], block, batch, seed=cfg.seed), eval_batches=evals,
         baselines={"uniform": math.log(tokenizer.vocab_size),
                    "unigram": unigram_loss(splits["train"], splits["val"], tokenizer.vocab_size)},
         describe=f"{type(model).__name__} {model.num_params() / 1e6:.2f}M params | vocab {tokenizer.vocab_size} ({cfg.data.tokenizer})")
+
+
+def objective(model, loss_fn, val_batches) -> dict:
+    """The Task fields of the training objective: next-token cross-entropy; a mixture of experts trains on it plus
+    the load-balancing loss, reports it alone, and logs its router's balance at every evaluation."""
+    if not getattr(model.config, "num_experts", 0):
+        return {"loss_fn": loss_fn}
+    coef = model.config.router_aux_loss_coef
+
+    def moe_loss_fn(x, y):
+        logits, aux, _ = model.forward_with_router(x)
+        return cross_entropy(logits, y) + coef * aux
+
+    def router_metrics(m) -> dict:
+        """On the first val batch: the load-balancing loss (k when even) and the busiest expert's share of
+        routing choices times E (1.0 = even)."""
+        _, aux, load = m.forward_with_router(Tensor(val_batches[0][0]))
+        return {"moe_aux_loss": float(aux.asnumpy()),
+                "moe_max_load": float(load.asnumpy().max()) * m.config.num_experts}
+
+    return {"loss_fn": moe_loss_fn, "eval_loss_fn": loss_fn, "eval_metrics": router_metrics}
 
 
 def report(summary: dict) -> str:
