@@ -6,6 +6,7 @@
     to_hf(model, "export/")                # transformers.AutoModel...from_pretrained("export/") opens it
 
     python -m mindllm.convert --to-hf RUN_DIR OUT_DIR    # a training run -> HF GPT2LMHeadModel / LlamaForCausalLM
+    python -m mindllm.convert --to-mindformers RUN_DIR OUT_DIR   # a Llama run -> HF Qwen2 + mindformers YAML
 
 mindllm's parameter names equal the Hugging Face state-dict keys and its weights share HF's layouts (GPT-2's
 Conv1D (in, out), BERT's nn.Linear (out, in)), so conversion is a loop over names. What remains is bookkeeping:
@@ -33,7 +34,7 @@ import numpy as np
 from mindspore import Tensor
 from safetensors.numpy import load_file, save_file
 
-from . import device, runs
+from . import device, mindformers, runs
 from .errors import ArgumentParser, UserError, cli
 from .files import write_text_atomic
 from .models import bert
@@ -602,7 +603,10 @@ def to_hf(model, out_dir: str) -> str:
     """Write `model` as a Hugging Face model directory (config.json + model.safetensors, tied weights stored
     once, as save_pretrained does) that `transformers.AutoModel...from_pretrained(out_dir)` opens. Each file is
     written to a temporary name and renamed into place. Returns out_dir."""
-    config, arrays = hf_state(model)
+    return _write_hf(out_dir, *hf_state(model))
+
+
+def _write_hf(out_dir: str, config: dict, arrays: dict) -> str:
     try:
         os.makedirs(out_dir, exist_ok=True)
         tmp = os.path.join(out_dir, f".{SAFETENSORS}.tmp{os.getpid()}")
@@ -627,28 +631,64 @@ def export_run(run: str, out_dir: str, log=print) -> str:
     model, tokenizer, _ = runs.load_model(run)
     to_hf(model, out_dir)
     hf_arch = llama_hf_config(model.config)["architectures"][0] if isinstance(model, Llama) else "GPT2LMHeadModel"
-    if getattr(tokenizer, "kind", None) == "hf":  # a `tokenizers` file: PreTrainedTokenizerFast reads it
-        tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-        tok_note = "tokenizer.json (load with transformers.PreTrainedTokenizerFast(tokenizer_file=...))"
-    else:
-        tokenizer.save(os.path.join(out_dir, "mindllm_tokenizer.json"))
-        tok_note = "mindllm_tokenizer.json (a mindllm tokenizer: read it with mindllm.data.load_tokenizer)"
+    tok_note = _save_tokenizer(tokenizer, out_dir)
     log(f"wrote {out_dir}/: config.json + model.safetensors ({hf_arch}, "
         f"{sum(int(np.prod(p.shape)) for p in model.get_parameters()):,} parameters) and {tok_note}; "
         f"open with transformers.{hf_arch}.from_pretrained('{out_dir}')")
     return out_dir
 
 
+def _save_tokenizer(tokenizer, out_dir: str) -> str:
+    """Write the run's tokenizer beside an exported model; returns how to read it."""
+    if getattr(tokenizer, "kind", None) == "hf":  # a `tokenizers` file: PreTrainedTokenizerFast reads it
+        tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+        return "tokenizer.json (load with transformers.PreTrainedTokenizerFast(tokenizer_file=...))"
+    tokenizer.save(os.path.join(out_dir, "mindllm_tokenizer.json"))
+    return "mindllm_tokenizer.json (a mindllm tokenizer: read it with mindllm.data.load_tokenizer)"
+
+
+def export_mindformers(run: str, out_dir: str, log=print) -> str:
+    """Export a course Llama run for mindformers: a Hugging Face Qwen2 directory (a Llama without biases gets zero
+    q/k/v biases: the same function) with the tokenizer, and predict_qwen2.yaml in mindformers' own format."""
+    arch = runs.read_config(runs.locate(run)[0]).model.arch
+    if arch != "llama":
+        raise UserError(f"'{run}' trained a model.arch={arch} model; mindformers' Qwen2 takes the Llama block "
+                        f"(train with configs/llama_*.yaml)")
+    model, tokenizer, _ = runs.load_model(run)
+    if model.config.num_experts:
+        raise UserError("a mixture-of-experts run has no mindformers Qwen2 counterpart (mindformers' MoE models "
+                        "use other blocks); export it with --to-hf as MixtralForCausalLM")
+    config, arrays = hf_state(model)
+    for layer in range(model.config.n_layer):
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            key = f"model.layers.{layer}.self_attn.{proj}"
+            arrays.setdefault(key + ".bias", np.zeros(arrays[key + ".weight"].shape[0], np.float32))
+    _write_hf(out_dir, mindformers.qwen2_config_json(config), arrays)
+    tok_note = _save_tokenizer(tokenizer, out_dir)
+    path = os.path.join(out_dir, "predict_qwen2.yaml")
+    write_text_atomic(path, mindformers.dump(mindformers.predict_yaml(out_dir), path))
+    log(f"wrote {out_dir}/: config.json + model.safetensors (Qwen2ForCausalLM), {tok_note}, and predict_qwen2.yaml "
+        f"for mindformers (on Ascend: python run_mindformer.py --config {path} --predict_data \"...\")")
+    return out_dir
+
+
 @cli
 def main(argv=None):
     ap = ArgumentParser(prog="python -m mindllm.convert", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--to-hf", nargs=2, metavar=("RUN_DIR", "OUT_DIR"), required=True,
-                    help="export a mindllm GPT or Llama training run as a Hugging Face GPT2LMHeadModel or "
-                         "LlamaForCausalLM / Qwen2ForCausalLM directory")
+    how = ap.add_mutually_exclusive_group(required=True)
+    how.add_argument("--to-hf", nargs=2, metavar=("RUN_DIR", "OUT_DIR"),
+                     help="export a mindllm GPT or Llama training run as a Hugging Face GPT2LMHeadModel or "
+                          "LlamaForCausalLM / Qwen2ForCausalLM / MixtralForCausalLM directory")
+    how.add_argument("--to-mindformers", nargs=2, metavar=("RUN_DIR", "OUT_DIR"),
+                     help="export a mindllm Llama run for mindformers: a Hugging Face Qwen2 directory and "
+                          "predict_qwen2.yaml")
     ap.add_argument("--device", default="CPU", help="CPU, GPU, Ascend or auto")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     device.setup(device.context_for(args.device), 0)
-    export_run(*args.to_hf)
+    if args.to_hf:
+        export_run(*args.to_hf)
+    else:
+        export_mindformers(*args.to_mindformers)
 
 
 if __name__ == "__main__":

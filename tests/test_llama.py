@@ -1,6 +1,9 @@
 """The modern block (models/llama.py) against independent oracles: tiny random Hugging Face Llama and Qwen2 models
 with copied weights, RoPE written with complex numbers, GQA as multi-head attention with repeated weights, and the
 KV-cache generator against the uncached one."""
+import json
+import os
+
 import numpy as np
 import pytest
 from mindspore import Tensor
@@ -155,6 +158,11 @@ def test_llama_trains_resumes_samples_and_takes_lora(tiny_cfg, capsys):
     with torch.no_grad():
         want = hf(torch.tensor(out, dtype=torch.long)).logits.numpy()
     np.testing.assert_allclose(model(Tensor(out)).asnumpy(), want, atol=1e-4, rtol=0)
+    convert(["--to-mindformers", cfg.out_dir, cfg.out_dir + "_mf"])  # Qwen2 format, zero q/k/v biases
+    qwen = transformers.Qwen2ForCausalLM.from_pretrained(cfg.out_dir + "_mf").eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(qwen(torch.tensor(out, dtype=torch.long)).logits.numpy(), want, atol=1e-4, rtol=0)
+    check_against_mindformers(cfg.out_dir + "_mf")
     adapted = apply_lora(model, r=4, alpha=8.0, targets=["q_proj", "v_proj"])
     names = [name for name, c in model.cells_and_names() if isinstance(c, LoRALinear)]
     assert sorted(adapted) == sorted(names) and len(names) == 2 * 2 and all(x.endswith(("q_proj", "v_proj")) for x in names), names
@@ -207,3 +215,31 @@ def test_llama_configs_mindllm_cannot_compute_are_one_line_errors(tmp_path):
             from_hf(str(tmp_path), log=None)
     (tmp_path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 131072}))
     assert from_hf(str(tmp_path), log=None, max_position_embeddings=16).config.block_size == 16
+
+
+MINDFORMERS = os.path.join(os.path.dirname(__file__), "data", "mindformers_2.1.0_qwen2.json")
+
+
+def check_against_mindformers(out_dir):
+    """The exported YAML has exactly the sections and names of mindformers 2.1.0's predict_qwen2.yaml, and
+    config.json only fields its Qwen2Config reads."""
+    import yaml
+    wheel = json.load(open(MINDFORMERS))
+
+    def shape(d):
+        return {k: shape(v) if isinstance(v, dict) else None for k, v in d.items()}
+
+    ours = yaml.safe_load(open(os.path.join(out_dir, "predict_qwen2.yaml")))
+    assert shape(ours) == wheel["predict_qwen2_yaml"]
+    assert ours["trainer"]["model_name"] == "qwen2" and os.path.isdir(ours["pretrained_model_dir"])
+    config = json.load(open(os.path.join(out_dir, "config.json")))
+    assert set(config) - {"model_type", "architectures", "torch_dtype"} <= set(wheel["qwen2_config_fields"])
+
+
+def test_mindformers_yaml_has_the_wheels_sections(tmp_path):
+    from mindllm import mindformers
+    path = tmp_path / "predict_qwen2.yaml"
+    path.write_text(mindformers.dump(mindformers.predict_yaml(str(tmp_path)), str(path)))
+    (tmp_path / "config.json").write_text(json.dumps(mindformers.qwen2_config_json(
+        {"vocab_size": 65, "hidden_size": 32, "rope_parameters": {"rope_type": "default"}, "head_dim": 8})))
+    check_against_mindformers(str(tmp_path))
