@@ -231,14 +231,15 @@ def _cell_nb(path, cells):
 @needs_chromium
 @pytest.mark.slow
 def test_the_audit_names_what_an_instructor_would_have_to_fix(tmp_path):
-    """Too tall, a code line cut at the edge, too much code, no notes: each named with its slide; Chinese text is
-    drawn with the bundled font."""
+    """Too tall, a code line cut at the edge, too much code, no notes, code hidden behind a key press: each named
+    with its slide; Chinese text is drawn with the bundled font."""
     long_code = "\n".join(f"x{i} = {i}" for i in range(40))  # 40 lines: taller than the screen, over 12
     nb = _cell_nb(tmp_path / "bad.ipynb", [
         cell("md", "# Title 标题", "slide"),
         cell("md", "## Tall", "slide"), cell("code", long_code, "-"), cell("md", "talk", "notes"),
         cell("md", "## Wide", "slide"), cell("code", "y = '" + "w" * 200 + "'", "-"), cell("md", "talk", "notes"),
         cell("md", "## 中文 without notes", "slide"),
+        cell("md", "## Bare", "slide"), cell("code", "w = 2", "fragment"), cell("md", "talk", "notes"),
         cell("md", "## Fine", "slide"), cell("code", "z = 1", "-"), cell("md", "talk", "notes"),
     ])
     report = audit(build(nb, str(tmp_path / "out")))
@@ -248,8 +249,9 @@ def test_the_audit_names_what_an_instructor_would_have_to_fix(tmp_path):
     assert any("'Tall'" in p and f"40 lines of code (at most {MAX_CODE_LINES})" in p for p in found), found
     assert any("'Wide'" in p and "a code line is cut" in p for p in found), found
     assert any("'中文 without notes'" in p and "no speaker notes" in p for p in found), found
+    assert any("'Bare'" in p and "code arrives as a fragment" in p for p in found), found
     assert not any("'Fine'" in p or "'Title" in p for p in found), found
-    assert len(found) == 4, found
+    assert len(found) == 5, found
 
 
 @needs_chromium
