@@ -60,8 +60,9 @@ class ParallelLayoutConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = opt("gpt", choices=("gpt", "transformer", "bert", "bert_classifier"),
-                    doc="gpt: decoder-only causal LM; transformer: encoder-decoder; bert: BERT with the MLM+NSP "
+    arch: str = opt("gpt", choices=("gpt", "llama", "transformer", "bert", "bert_classifier"),
+                    doc="gpt: decoder-only causal LM (GPT-2's block); llama: the same with the modern block (RoPE, "
+                        "RMSNorm, SwiGLU, grouped-query attention); transformer: encoder-decoder; bert: BERT with the MLM+NSP "
                         "heads; bert_classifier: BERT with a classification head. Each task names the ones it "
                         "trains (mindllm/tasks/)")
     n_layer: int = opt(4, lo=1, doc="transformer: encoder layers = decoder layers")
@@ -73,6 +74,19 @@ class ModelConfig:
     ffn_dim: int = opt(512, lo=1, doc="transformer, bert: feed-forward hidden size")
     norm_first: bool = opt(True, doc="transformer only: pre-LN (true) or the original post-LN (false)")
     positions: str = opt("sinusoidal", choices=("sinusoidal", "learned"), doc="transformer only")
+    n_kv_head: int = opt(0, lo=0, doc="llama only: key/value heads, each shared by n_head/n_kv_head query heads "
+                                      "(grouped-query attention); 0 = n_head, 1 = multi-query")
+    intermediate_size: int = opt(0, lo=0, doc="llama only: SwiGLU hidden width; 0 = 8/3 x n_embd, rounded up to 8")
+    rope_theta: float = opt(10000.0, lo=0.0, lo_open=True, doc="llama only: RoPE base θ")
+    rope_scaling: float = opt(1.0, lo=1.0, doc="llama only: linear position interpolation (positions / factor)")
+    rms_norm_eps: float = opt(1e-6, lo=0.0, lo_open=True, doc="llama only")
+    qkv_bias: bool = opt(False, doc="llama only: biases on the q, k, v projections, as Qwen2")
+    tie_word_embeddings: bool = opt(False, doc="llama only: the LM head is the token embedding (GPT always ties)")
+    num_experts: int = opt(0, lo=0, doc="llama only: > 0 makes every MLP a sparse mixture of this many experts")
+    experts_per_token: int = opt(2, lo=1, doc="llama only: top-k routing of the mixture of experts")
+    capacity_factor: float = opt(0.0, lo=0.0, doc="llama only: 0 = dropless (every expert sees every token); "
+                                                  "else each expert takes at most factor x tokens x k / experts")
+    router_aux_loss_coef: float = opt(0.01, lo=0.0, doc="llama only: weight of the load-balancing loss")
 
 
 @dataclass
@@ -292,6 +306,12 @@ def _validate(cfg: Config) -> Config:
     model = cfg.model
     if model.n_embd % model.n_head:
         raise UserError(f"config: model.n_embd ({model.n_embd}) must be divisible by model.n_head ({model.n_head})")
+    if model.n_kv_head and model.n_head % model.n_kv_head:
+        raise UserError(f"config: model.n_kv_head ({model.n_kv_head}) must divide model.n_head ({model.n_head}): "
+                        f"each key/value head serves a whole group of query heads")
+    if model.num_experts and model.experts_per_token > model.num_experts:
+        raise UserError(f"config: model.experts_per_token ({model.experts_per_token}) must not exceed "
+                        f"model.num_experts ({model.num_experts})")
     if cfg.train.min_lr > cfg.train.lr:
         raise UserError(f"config: train.min_lr ({cfg.train.min_lr}) must not exceed train.lr ({cfg.train.lr})")
     task = tasks.get(cfg.task)

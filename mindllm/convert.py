@@ -1,11 +1,12 @@
 """Hugging Face checkpoints <-> mindllm models: config.json + safetensors, no PyTorch needed.
 
     from mindllm.convert import from_hf, to_hf
-    model = from_hf("path/to/hf_dir")      # BERT or GPT-2, in eval mode, class chosen from config.json
+    model = from_hf("path/to/hf_dir")      # BERT, GPT-2, Llama or Qwen2, in eval mode, class from config.json
     model = from_hf(minilm_dir(), arch="BertForSequenceClassification", num_labels=3)  # encoder + new head
     to_hf(model, "export/")                # transformers.AutoModel...from_pretrained("export/") opens it
 
-    python -m mindllm.convert --to-hf RUN_DIR OUT_DIR    # a mindllm training run (GPT) -> HF GPT2LMHeadModel
+    python -m mindllm.convert --to-hf RUN_DIR OUT_DIR    # a training run -> HF GPT2LMHeadModel / LlamaForCausalLM
+    python -m mindllm.convert --to-mindformers RUN_DIR OUT_DIR   # a Llama run -> HF Qwen2 + mindformers YAML
 
 mindllm's parameter names equal the Hugging Face state-dict keys and its weights share HF's layouts (GPT-2's
 Conv1D (in, out), BERT's nn.Linear (out, in)), so conversion is a loop over names. What remains is bookkeeping:
@@ -33,17 +34,22 @@ import numpy as np
 from mindspore import Tensor
 from safetensors.numpy import load_file, save_file
 
-from . import device, runs
+from . import device, mindformers, runs
 from .errors import ArgumentParser, UserError, cli
 from .files import write_text_atomic
 from .models import bert
 from .models.bert import BertConfig
 from .models.gpt import GPT, GPTConfig
+from .models.llama import Llama, LlamaConfig
 
 SAFETENSORS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
 BERT_ARCHS = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
 GPT2_ARCHS = ("GPT2LMHeadModel", "GPT2Model")
 GPT2_OVERRIDES = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "resid_pdrop")
+LLAMA_ARCHS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mixtral": "MixtralForCausalLM"}
+LLAMA_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "max_position_embeddings", "num_local_experts", "num_experts_per_tok")
+LLAMA_MAX_BLOCK = 16384  # a (T, T) float32 causal mask beyond this is > 1 GB: ask for a shorter context
 
 
 @dataclass
@@ -228,6 +234,58 @@ def hf_gpt_config(config: dict, overrides: dict | None = None, where: str = "con
                      n_head=d.get("n_head", 12), n_embd=n_embd, dropout=d.get("resid_pdrop", 0.1), bias=True)
 
 
+def _rope(d: dict, where: str) -> tuple[float, float]:
+    """(θ, linear factor) from either transformers 5's `rope_parameters` or the older `rope_theta` +
+    `rope_scaling`; other RoPE variants (llama3, yarn, dynamic NTK) compute different angles: refused."""
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ("default", "linear"):
+        raise UserError(f"{where}: rope type '{kind}' is not supported (mindllm's RoPE has the default angles and "
+                        f"linear scaling)")
+    theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+    return float(theta), float(rope.get("factor", 1.0)) if kind == "linear" else 1.0
+
+
+def hf_llama_config(config: dict, overrides: dict | None = None, where: str = "config.json") -> LlamaConfig:
+    """mindllm LlamaConfig from a HF Llama, Qwen2 or Mixtral config.json dict, refusing what mindllm computes
+    differently.
+    Override `max_position_embeddings` to load a long-context model with a shorter context."""
+    overrides = overrides or {}
+    _check_overrides(overrides, LLAMA_SIZES + ("rms_norm_eps", "tie_word_embeddings"), config.get("model_type"))
+    d = {**config, **overrides}
+    _whole_numbers(d, LLAMA_SIZES, where)
+    qwen, mixtral = d.get("model_type") == "qwen2", d.get("model_type") == "mixtral"
+    hidden, heads = d.get("hidden_size", 4096), d.get("num_attention_heads", 32)
+    block = d.get("max_position_embeddings", 2048)
+    checks = [(d.get("hidden_act", "silu") == "silu", f"hidden_act '{d.get('hidden_act')}' is not supported (SwiGLU "
+                                                      f"uses silu)"),
+              (qwen or not d.get("attention_bias", False), "attention_bias=true is not supported"),
+              (not d.get("mlp_bias", False), "mlp_bias=true is not supported"),
+              (not (qwen and d.get("use_sliding_window", False)), "use_sliding_window=true is not supported"),
+              (not (mixtral and d.get("sliding_window")), f"sliding_window {d.get('sliding_window')} is not supported"),
+              (not (mixtral and d.get("router_jitter_noise", 0.0)), "router_jitter_noise is not supported"),
+              (hidden % heads == 0 and (d.get("head_dim") or hidden // heads) == hidden // heads,
+               f"head_dim {d.get('head_dim')} is not hidden_size / num_attention_heads"),
+              (heads % d.get("num_key_value_heads", heads) == 0, "num_key_value_heads must divide "
+                                                                 "num_attention_heads"),
+              (block <= LLAMA_MAX_BLOCK, f"max_position_embeddings {block} would need a {block}x{block} attention "
+                                         f"mask; load with a shorter context, e.g. from_hf(path, "
+                                         f"max_position_embeddings=2048)")]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(f"{where}: {msg}")
+    theta, factor = _rope(d, where)
+    return LlamaConfig(vocab_size=d.get("vocab_size", 32000), block_size=block,
+                       n_layer=d.get("num_hidden_layers", 32), n_head=heads,
+                       n_kv_head=d.get("num_key_value_heads") or heads, n_embd=hidden,
+                       intermediate_size=d.get("intermediate_size", 11008), rope_theta=theta, rope_scaling=factor,
+                       rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)), qkv_bias=qwen,
+                       tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+                       num_experts=d.get("num_local_experts", 8) if mixtral else 0,
+                       experts_per_token=d.get("num_experts_per_tok", 2),
+                       router_aux_loss_coef=float(d.get("router_aux_loss_coef", 0.01)))
+
+
 # ----------------------------------------------------------------------------------------------- import
 
 
@@ -349,6 +407,72 @@ def _load_gpt2(config: dict, arrays: dict, where: str, arch: str | None, overrid
     return model, LoadReport(arch, fresh, unused)
 
 
+_LEGACY_MOE = re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.(gate\.weight|experts\.(\d+)\.(w[123])\.weight)")
+
+
+def experts_from_legacy(arrays: dict) -> dict:
+    """Mixtral checkpoints on the Hub (and transformers' save_pretrained) store each expert as w1 (gate), w3 (up),
+    w2 (down) under `block_sparse_moe`; mindllm (like transformers 5 in memory) holds them as 3-D tensors."""
+    out, experts = {}, {}
+    for k, v in arrays.items():
+        m = _LEGACY_MOE.fullmatch(k)
+        if m is None:
+            out[k] = v
+        elif m.group(3) is None:
+            out[f"model.layers.{m.group(1)}.mlp.gate.weight"] = v
+        else:
+            experts.setdefault(int(m.group(1)), {}).setdefault(int(m.group(3)), {})[m.group(4)] = v
+    for layer, by_expert in experts.items():
+        e = [by_expert[j] for j in sorted(by_expert)]
+        if any(set(x) != {"w1", "w2", "w3"} for x in e):
+            raise UserError(f"layer {layer}'s experts lack some of w1, w2, w3; is the checkpoint complete?")
+        out[f"model.layers.{layer}.mlp.experts.gate_up_proj"] = np.stack([np.concatenate([x["w1"], x["w3"]])
+                                                                   for x in e])
+        out[f"model.layers.{layer}.mlp.experts.down_proj"] = np.stack([x["w2"] for x in e])
+    return out
+
+
+def experts_to_legacy(arrays: dict) -> dict:
+    """The inverse of experts_from_legacy: the layout every transformers version and the Hub read."""
+    out = {}
+    for k, v in arrays.items():
+        m = re.fullmatch(r"model\.layers\.(\d+)\.mlp\.(gate\.weight|experts\.(gate_up|down)_proj)", k)
+        if m is None:
+            out[k] = v
+            continue
+        prefix = f"model.layers.{m.group(1)}.block_sparse_moe."
+        if m.group(3) is None:
+            out[prefix + "gate.weight"] = v
+        for j, w in enumerate(v if m.group(3) else []):
+            if m.group(3) == "down":
+                out[f"{prefix}experts.{j}.w2.weight"] = np.ascontiguousarray(w)
+            else:
+                gate, up = np.split(w, 2)
+                out[f"{prefix}experts.{j}.w1.weight"] = np.ascontiguousarray(gate)
+                out[f"{prefix}experts.{j}.w3.weight"] = np.ascontiguousarray(up)
+    return out
+
+
+def _load_llama(config: dict, arrays: dict, where: str, arch: str | None, overrides: dict, cfg_path: str):
+    expected = LLAMA_ARCHS[config["model_type"]]
+    if arch not in (None, expected):
+        raise UserError(f"arch '{arch}' does not fit this {config['model_type']} checkpoint; use {expected}")
+    cfg = hf_llama_config(config, overrides, cfg_path)
+    named = {k: v for k, v in experts_from_legacy(arrays).items()
+             if not k.endswith("rotary_emb.inv_freq")}  # a buffer of old versions
+    if cfg.tie_word_embeddings and "lm_head.weight" in named:
+        _check_tied(named, "lm_head.weight", "model.embed_tokens.weight", "LM head and token embedding", where)
+        named.pop("lm_head.weight")
+    elif not cfg.tie_word_embeddings and "lm_head.weight" not in named:
+        raise UserError(f"{where}: config.json says tie_word_embeddings=false but the checkpoint has no "
+                        f"lm_head.weight")
+    check_sizes(where, named, {"model.embed_tokens.weight": (cfg.vocab_size, cfg.n_embd)},
+                (r"model\.layers\.(\d+)\.", cfg.n_layer))
+    model = Llama(cfg)
+    fresh, unused = _copy_into(model, named, where, ("model.", "lm_head."))
+    return model, LoadReport(expected, fresh, unused)
+
+
 def load_hf(path: str, arch: str | None = None, **config):
     """(model in eval mode, LoadReport) from a Hugging Face model directory. `arch` overrides config.json's
     architecture (e.g. 'BertForSequenceClassification' on a bare encoder, whose new head is then freshly
@@ -360,18 +484,20 @@ def load_hf(path: str, arch: str | None = None, **config):
         model, report = _load_bert(hf_config, arrays, where, arch, config, cfg_path)
     elif model_type == "gpt2":
         model, report = _load_gpt2(hf_config, arrays, where, arch, config, cfg_path)
+    elif model_type in LLAMA_ARCHS:
+        model, report = _load_llama(hf_config, arrays, where, arch, config, cfg_path)
     elif model_type is None:
-        raise UserError(f"'{cfg_path}' has no model_type; mindllm converts bert and gpt2")
+        raise UserError(f"'{cfg_path}' has no model_type; mindllm converts bert, gpt2, llama and qwen2")
     else:
-        raise UserError(f"model_type '{model_type}' in '{cfg_path}' is not supported; mindllm converts bert and "
-                        f"gpt2")
+        raise UserError(f"model_type '{model_type}' in '{cfg_path}' is not supported; mindllm converts bert, "
+                        f"gpt2, llama and qwen2")
     model.set_train(False)
     return model, report
 
 
 def from_hf(path: str, arch: str | None = None, log=print, **config):
     """A mindllm model (eval mode) holding a Hugging Face checkpoint: `Bert`, `BertForMaskedLM`,
-    `BertForPreTraining`, `BertForSequenceClassification` or `GPT`. Freshly initialised parameters and unused
+    `BertForPreTraining`, `BertForSequenceClassification`, `GPT` or `Llama` (Llama and Qwen2 checkpoints). Freshly initialised parameters and unused
     checkpoint tensors are reported through `log` (None: silent); see load_hf for the arguments."""
     model, report = load_hf(path, arch, **config)
     if log and report.fresh:
@@ -387,6 +513,11 @@ def from_hf(path: str, arch: str | None = None, log=print, **config):
 
 _GPT2_KEY = re.compile(r"transformer\.((wte|wpe)\.weight|ln_f\.(weight|bias)|"
                        r"h\.\d+\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias))")
+_LLAMA_KEY = re.compile(r"model\.(embed_tokens\.weight|norm\.weight|"
+                        r"layers\.\d+\.((input|post_attention)_layernorm\.weight|"
+                        r"self_attn\.[qkv]_proj\.(weight|bias)|self_attn\.o_proj\.weight|"
+                        r"mlp\.(gate|up|down)_proj\.weight|mlp\.gate\.weight|mlp\.experts\.(gate_up|down)_proj))|"
+                        r"lm_head\.weight")
 _BERT_KEY = re.compile(r"(bert\.)?(embeddings\.((word|position|token_type)_embeddings\.weight|"
                        r"LayerNorm\.(weight|bias))|encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|"
                        r"attention\.output\.(dense|LayerNorm)|intermediate\.dense|output\.(dense|LayerNorm))\."
@@ -395,9 +526,39 @@ _BERT_KEY = re.compile(r"(bert\.)?(embeddings\.((word|position|token_type)_embed
                        r"cls\.seq_relationship\.(weight|bias)|classifier\.(weight|bias)")
 
 
+def llama_hf_config(c: LlamaConfig) -> dict:
+    """config.json of a mindllm Llama: LlamaForCausalLM, Qwen2ForCausalLM when it has q/k/v biases,
+    MixtralForCausalLM when its MLPs are experts (dropless: Mixtral has no capacity limit)."""
+    if c.num_experts and (c.qkv_bias or c.capacity_factor):
+        raise UserError("a mixture of experts with q/k/v biases or a capacity limit has no Hugging Face counterpart "
+                        "(MixtralForCausalLM has neither)")
+    model_type = "mixtral" if c.num_experts else "qwen2" if c.qkv_bias else "llama"
+    config = {"model_type": model_type, "architectures": [LLAMA_ARCHS[model_type]], "vocab_size": c.vocab_size,
+              "hidden_size": c.n_embd, "intermediate_size": c.hidden, "num_hidden_layers": c.n_layer,
+              "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head, "head_dim": c.n_embd // c.n_head,
+              "max_position_embeddings": c.block_size, "hidden_act": "silu", "rms_norm_eps": c.rms_norm_eps,
+              "rope_theta": c.rope_theta, "tie_word_embeddings": c.tie_word_embeddings,
+              "attention_dropout": c.dropout, "initializer_range": 0.02}
+    rope = {"rope_type": "default", "rope_theta": c.rope_theta}
+    if c.rope_scaling != 1.0:
+        rope = {"rope_type": "linear", "factor": c.rope_scaling, "rope_theta": c.rope_theta}
+        config["rope_scaling"] = {"rope_type": "linear", "factor": c.rope_scaling}  # older transformers read this
+    config["rope_parameters"] = rope  # transformers >= 5
+    if model_type == "llama":
+        config.update(attention_bias=False, mlp_bias=False)
+    elif model_type == "qwen2":
+        config.update(use_sliding_window=False)
+    else:
+        config.update(num_local_experts=c.num_experts, num_experts_per_tok=c.experts_per_token,
+                      router_aux_loss_coef=c.router_aux_loss_coef, sliding_window=None)
+    return config
+
+
 def hf_state(model) -> tuple[dict, dict]:
-    """(config.json dict, {HF key: float32 array}) of a mindllm GPT or BERT model, in Hugging Face layout."""
-    if isinstance(model, GPT):
+    """(config.json dict, {HF key: float32 array}) of a mindllm GPT, Llama or BERT model, in Hugging Face layout."""
+    if isinstance(model, Llama):
+        config, pattern = llama_hf_config(model.config), _LLAMA_KEY
+    elif isinstance(model, GPT):
         c = model.config
         if not c.bias:
             raise UserError("this GPT has no biases (model.bias=false); Hugging Face GPT-2 always has them, so it "
@@ -416,7 +577,7 @@ def hf_state(model) -> tuple[dict, dict]:
                  bert.BertForSequenceClassification: "BertForSequenceClassification"}
         arch = archs.get(type(model))
         if arch is None:
-            raise UserError(f"to_hf exports GPT, Bert, BertForMaskedLM, BertForPreTraining and "
+            raise UserError(f"to_hf exports GPT, Llama, Bert, BertForMaskedLM, BertForPreTraining and "
                             f"BertForSequenceClassification; got {type(model).__name__}")
         c = model.config
         config = {f.name: getattr(c, f.name) for f in fields(c) if f.name != "num_labels"}
@@ -433,6 +594,8 @@ def hf_state(model) -> tuple[dict, dict]:
             raise UserError(f"parameter '{name}' has no Hugging Face counterpart (merge adapters such as LoRA "
                             f"into the weights before exporting)")
         arrays[name] = np.ascontiguousarray(p.asnumpy().astype(np.float32))
+    if config["model_type"] == "mixtral":
+        arrays = experts_to_legacy(arrays)
     return config, arrays
 
 
@@ -440,7 +603,10 @@ def to_hf(model, out_dir: str) -> str:
     """Write `model` as a Hugging Face model directory (config.json + model.safetensors, tied weights stored
     once, as save_pretrained does) that `transformers.AutoModel...from_pretrained(out_dir)` opens. Each file is
     written to a temporary name and renamed into place. Returns out_dir."""
-    config, arrays = hf_state(model)
+    return _write_hf(out_dir, *hf_state(model))
+
+
+def _write_hf(out_dir: str, config: dict, arrays: dict) -> str:
     try:
         os.makedirs(out_dir, exist_ok=True)
         tmp = os.path.join(out_dir, f".{SAFETENSORS}.tmp{os.getpid()}")
@@ -457,34 +623,72 @@ def to_hf(model, out_dir: str) -> str:
 
 def export_run(run: str, out_dir: str, log=print) -> str:
     """Export a mindllm training run (its out_dir, or one of its ckpt/step_* dirs) as a Hugging Face
-    GPT2LMHeadModel directory; the run's tokenizer is copied beside it."""
+    GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM directory; the run's tokenizer is copied beside it."""
     arch = runs.read_config(runs.locate(run)[0]).model.arch
-    if arch != "gpt":
-        raise UserError(f"'{run}' trained a model.arch={arch} model; only GPT runs have a Hugging Face "
-                        f"counterpart (GPT2LMHeadModel)")
+    if arch not in ("gpt", "llama"):
+        raise UserError(f"'{run}' trained a model.arch={arch} model; only GPT and Llama runs have a Hugging Face "
+                        f"counterpart (GPT2LMHeadModel, LlamaForCausalLM / Qwen2ForCausalLM)")
     model, tokenizer, _ = runs.load_model(run)
     to_hf(model, out_dir)
+    hf_arch = llama_hf_config(model.config)["architectures"][0] if isinstance(model, Llama) else "GPT2LMHeadModel"
+    tok_note = _save_tokenizer(tokenizer, out_dir)
+    log(f"wrote {out_dir}/: config.json + model.safetensors ({hf_arch}, "
+        f"{sum(int(np.prod(p.shape)) for p in model.get_parameters()):,} parameters) and {tok_note}; "
+        f"open with transformers.{hf_arch}.from_pretrained('{out_dir}')")
+    return out_dir
+
+
+def _save_tokenizer(tokenizer, out_dir: str) -> str:
+    """Write the run's tokenizer beside an exported model; returns how to read it."""
     if getattr(tokenizer, "kind", None) == "hf":  # a `tokenizers` file: PreTrainedTokenizerFast reads it
         tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-        tok_note = "tokenizer.json (load with transformers.PreTrainedTokenizerFast(tokenizer_file=...))"
-    else:
-        tokenizer.save(os.path.join(out_dir, "mindllm_tokenizer.json"))
-        tok_note = "mindllm_tokenizer.json (a mindllm tokenizer: read it with mindllm.data.load_tokenizer)"
-    log(f"wrote {out_dir}/: config.json + model.safetensors (GPT2LMHeadModel, "
-        f"{sum(int(np.prod(p.shape)) for p in model.get_parameters()):,} parameters) and {tok_note}; "
-        f"open with transformers.GPT2LMHeadModel.from_pretrained('{out_dir}')")
+        return "tokenizer.json (load with transformers.PreTrainedTokenizerFast(tokenizer_file=...))"
+    tokenizer.save(os.path.join(out_dir, "mindllm_tokenizer.json"))
+    return "mindllm_tokenizer.json (a mindllm tokenizer: read it with mindllm.data.load_tokenizer)"
+
+
+def export_mindformers(run: str, out_dir: str, log=print) -> str:
+    """Export a course Llama run for mindformers: a Hugging Face Qwen2 directory (a Llama without biases gets zero
+    q/k/v biases: the same function) with the tokenizer, and predict_qwen2.yaml in mindformers' own format."""
+    arch = runs.read_config(runs.locate(run)[0]).model.arch
+    if arch != "llama":
+        raise UserError(f"'{run}' trained a model.arch={arch} model; mindformers' Qwen2 takes the Llama block "
+                        f"(train with configs/llama_*.yaml)")
+    model, tokenizer, _ = runs.load_model(run)
+    if model.config.num_experts:
+        raise UserError("a mixture-of-experts run has no mindformers Qwen2 counterpart (mindformers' MoE models "
+                        "use other blocks); export it with --to-hf as MixtralForCausalLM")
+    config, arrays = hf_state(model)
+    for layer in range(model.config.n_layer):
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            key = f"model.layers.{layer}.self_attn.{proj}"
+            arrays.setdefault(key + ".bias", np.zeros(arrays[key + ".weight"].shape[0], np.float32))
+    _write_hf(out_dir, mindformers.qwen2_config_json(config), arrays)
+    tok_note = _save_tokenizer(tokenizer, out_dir)
+    path = os.path.join(out_dir, "predict_qwen2.yaml")
+    write_text_atomic(path, mindformers.dump(mindformers.predict_yaml(out_dir), path))
+    log(f"wrote {out_dir}/: config.json + model.safetensors (Qwen2ForCausalLM), {tok_note}, and predict_qwen2.yaml "
+        f"for mindformers (on Ascend: python run_mindformer.py --config {path} --predict_data \"...\")")
     return out_dir
 
 
 @cli
 def main(argv=None):
     ap = ArgumentParser(prog="python -m mindllm.convert", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--to-hf", nargs=2, metavar=("RUN_DIR", "OUT_DIR"), required=True,
-                    help="export a mindllm GPT training run as a Hugging Face GPT2LMHeadModel directory")
+    how = ap.add_mutually_exclusive_group(required=True)
+    how.add_argument("--to-hf", nargs=2, metavar=("RUN_DIR", "OUT_DIR"),
+                     help="export a mindllm GPT or Llama training run as a Hugging Face GPT2LMHeadModel or "
+                          "LlamaForCausalLM / Qwen2ForCausalLM / MixtralForCausalLM directory")
+    how.add_argument("--to-mindformers", nargs=2, metavar=("RUN_DIR", "OUT_DIR"),
+                     help="export a mindllm Llama run for mindformers: a Hugging Face Qwen2 directory and "
+                          "predict_qwen2.yaml")
     ap.add_argument("--device", default="CPU", help="CPU, GPU, Ascend or auto")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     device.setup(device.context_for(args.device), 0)
-    export_run(*args.to_hf)
+    if args.to_hf:
+        export_run(*args.to_hf)
+    else:
+        export_mindformers(*args.to_mindformers)
 
 
 if __name__ == "__main__":

@@ -300,7 +300,9 @@ class Job:
             if pid not in self.ended:
                 try:
                     done, status = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:  # still msrun's
+                except ChildProcessError:  # still msrun's, or msrun reaped it
+                    if not psutil.pid_exists(pid):  # gone: it ended as msrun's child (else the job waits forever)
+                        self.ended[pid] = 0 if self.msrun.returncode in (None, 0) else self.msrun.returncode
                     continue
                 if done:
                     self.ended[pid] = os.waitstatus_to_exitcode(status)

@@ -125,7 +125,8 @@ def model_dims(model) -> dict:
                     ffn=c.intermediate_size, vocab=c.vocab_size)
     if hasattr(c, "tgt_vocab"):  # encoder-decoder: count both stacks (cross-attention left out)
         return dict(layers=2 * c.n_layer, hidden=c.n_embd, heads=c.n_head, ffn=c.ffn_dim, vocab=c.tgt_vocab)
-    return dict(layers=c.n_layer, hidden=c.n_embd, heads=c.n_head, ffn=4 * c.n_embd, vocab=c.vocab_size)
+    ffn = c.hidden if hasattr(c, "n_kv_head") else 4 * c.n_embd  # Llama's SwiGLU width, GPT's 4C
+    return dict(layers=c.n_layer, hidden=c.n_embd, heads=c.n_head, ffn=ffn, vocab=c.vocab_size)
 
 
 def layout_for(cfg, world: int = 1) -> Layout:

@@ -60,8 +60,9 @@ class MLPClassifier(nn.Cell):
         return self.layers[-1](x)
 
 
-def layer_grad_norms(model: MLPClassifier, x, y) -> list[float]:
-    """||dLoss/dW|| for each layer's weight matrix, input layer first: where gradients vanish or explode."""
+def layer_grads(model: MLPClassifier, x, y) -> list[np.ndarray]:
+    """dLoss/dW (mean cross-entropy over the batch) for each layer's weight matrix, input layer first, by MindSpore
+    autograd in evaluation mode (no dropout)."""
     weights = [layer.weight for layer in model.layers]
 
     def loss_fn(x, y):
@@ -69,7 +70,12 @@ def layer_grad_norms(model: MLPClassifier, x, y) -> list[float]:
 
     model.set_train(False)
     _, grads = ms.value_and_grad(loss_fn, None, weights)(Tensor(x, ms.float32), Tensor(y, ms.int32))
-    return [float(np.linalg.norm(g.asnumpy())) for g in grads]
+    return [g.asnumpy() for g in grads]
+
+
+def layer_grad_norms(model: MLPClassifier, x, y) -> list[float]:
+    """||dLoss/dW|| for each layer's weight matrix, input layer first: where gradients vanish or explode."""
+    return [float(np.linalg.norm(g)) for g in layer_grads(model, x, y)]
 
 
 def load_digits_split(seed: int = 0, train_size: float = 0.6):

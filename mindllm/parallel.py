@@ -23,6 +23,7 @@ from .errors import UserError
 from .models.bert import BertLayer
 from .models.gpt import Block
 from .models.layers import DecoderLayer, EncoderLayer
+from .models.llama import LlamaDecoderLayer
 
 SHARDED_MODES = ("semi_auto_parallel", "auto_parallel")
 
@@ -175,7 +176,7 @@ def barrier(dist: Dist) -> None:
 def apply_recompute(model) -> int:
     """Activation checkpointing (重计算) per Transformer block: keep each block's input, recompute its insides in
     the backward pass. Returns how many blocks were marked."""
-    kinds = (Block, BertLayer, EncoderLayer, DecoderLayer)  # isinstance: kernels.fuse() swaps in a FusedBlock
+    kinds = (Block, LlamaDecoderLayer, BertLayer, EncoderLayer, DecoderLayer)  # isinstance: kernels.fuse() swaps in a FusedBlock
     blocks = [c for _, c in model.cells_and_names() if isinstance(c, kinds)]
     for b in blocks:
         b.recompute()

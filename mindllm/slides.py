@@ -160,6 +160,7 @@ AUDIT = """<script>Reveal.on("ready", () => MathJax.Hub.Queue(() => document.fon
       .reduce((n, p) => n + p.textContent.replace(/\\n+$/, "").split("\\n").length, 0);
     slides.push({h: at.h, v: at.v, title: heading ? heading.textContent.replace("\u00b6", "").trim() : "",
       height: s.scrollHeight, code: code,
+      hiddenCode: [...s.querySelectorAll(".fragment .jp-InputArea-editor pre, .fragment.jp-CodeCell")].length,
       cut: [...s.querySelectorAll("pre")].filter(p => p.scrollWidth > p.clientWidth + 2)
              .map(p => [p.scrollWidth, p.clientWidth, p.textContent.split("\\n").find(l => l.length > 0) || ""]),
       notes: [...s.querySelectorAll("aside.notes")].map(a => a.textContent.trim()).join(" ").length});
@@ -175,7 +176,7 @@ AUDIT = """<script>Reveal.on("ready", () => MathJax.Hub.Queue(() => document.fon
 
 def audit(html: str) -> dict:
     """Every slide of a built deck measured in headless Chromium: {width, height, slides: [{h, v, title, height,
-    code, cut, notes}], chinese, cjkFont}."""
+    code, hiddenCode, cut, notes}], chinese, cjkFont}."""
     probe = os.path.splitext(html)[0] + ".audit.html"  # beside the deck, so its assets resolve
     with open(html, encoding="utf-8") as fh:
         page = fh.read()
@@ -205,6 +206,9 @@ def problems(report: dict) -> list[str]:
         if s["code"] > MAX_CODE_LINES:
             out.append(f"{where}: {s['code']} lines of code (at most {MAX_CODE_LINES}): split the cell or hide-input "
                        f"the plumbing")
+        if s.get("hiddenCode"):
+            out.append(f"{where}: code arrives as a fragment, so the slide opens bare: make the code cell's slide "
+                       f"type '-' (keep fragments for markdown reveals)")
         if n > 1 and not s["notes"]:
             out.append(f"{where}: no speaker notes (a notes cell after the slide's cells)")
     if report["chinese"] and report["cjkFont"] != "loaded":

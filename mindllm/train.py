@@ -212,7 +212,8 @@ def one_step(run: Run) -> tuple[float, object]:
 
 def loop(run: Run) -> None:
     cfg, schedule, dist = run.cfg, run.cfg.train, run.dist
-    eval_loss = ms.jit(run.task.loss_fn) if cfg.context.mode == "graph" else run.task.loss_fn
+    eval_fn = run.task.eval_loss_fn or run.task.loss_fn
+    eval_loss = ms.jit(eval_fn) if cfg.context.mode == "graph" else eval_fn
     lrs = lr_schedule(schedule)
     run.task.model.set_train(True)
     if run.start == 0 and dist.is_main:  # the untrained model: the baseline every later number is read against

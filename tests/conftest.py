@@ -32,3 +32,18 @@ def tiny_cfg(tmp_path, small_corpus):
                                          *overrides])
 
     return make
+
+
+# Notebooks whose slides and checked exercises (issues 20 and 21) are not on main yet: the tests that demand them
+# are expected to fail for these, strictly (an unexpected pass fails too, so the entry is removed when the work lands).
+NOT_YET_PRESENTABLE = {
+    "04_attention_transformer.ipynb": "restructured with 5 checked exercises on branch nb04; its full run (with the "
+                                      "12-run stability ablation) is pending",
+    "08_lora.ipynb": "restructured with 5 checked exercises on branch nb08; its 22-run full execution is pending",
+}
+
+
+def presentable(paths):
+    """pytest parameters over notebook paths, the ones in NOT_YET_PRESENTABLE marked as expected failures."""
+    return [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=NOT_YET_PRESENTABLE[os.path.basename(p)]))
+            if os.path.basename(p) in NOT_YET_PRESENTABLE else p for p in paths]

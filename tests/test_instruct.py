@@ -1,5 +1,7 @@
 """Instruction data: records from the real chatterbot-corpus, a question never in both splits, and loss masking
 that scores exactly the response tokens (+ EOS)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -40,6 +42,23 @@ def test_only_the_response_is_scored():
     assert encode_record(record, tok, 5, eos, eos) is None
     xs, ys, dropped = encode_records([record, record], tok, 48, eos, eos)
     assert xs.shape == ys.shape == (2, 48) and dropped == 0
+
+
+def test_the_run_line_counts_parameters_and_trainable_ones_alike():
+    """The instruct run's first line: 'N params' counts what 'trainable' counts (the position embedding and the
+    adapters included), so full fine-tuning shows two equal numbers and LoRA the peft report's total."""
+    from mindllm.models.gpt import GPT, GPTConfig
+    from mindllm.peft import apply_lora, trainable_report
+    from mindllm.tasks.common import parameter_counts
+
+    model = GPT(GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    every = sum(int(np.prod(p.shape)) for p in model.get_parameters())
+    assert every > model.num_params()  # num_params() leaves the position embedding out (nanoGPT's convention)
+    assert parameter_counts(model) == f"{every / 1e6:.3f}M params, {every / 1e6:.3f}M trainable"
+    apply_lora(model, r=4, alpha=8, targets=["c_attn", "c_proj", "c_fc"])
+    lora = 2 * 4 * 16 * 32  # n_layer * r * 16 d: c_attn d->3d, attn.c_proj d->d, c_fc d->4d, mlp.c_proj 4d->d
+    assert trainable_report(model).startswith(f"trainable params: {lora:,} || all params: {every + lora:,} ||")
+    assert parameter_counts(model) == f"{(every + lora) / 1e6:.3f}M params, {lora / 1e6:.3f}M trainable"
 
 
 @pytest.mark.slow
@@ -93,7 +112,10 @@ def test_full_tuning_reports_the_pretrained_answers_as_before(tmp_path, tiny_cfg
         f"model.init={pre.out_dir}", f"out_dir={tmp_path / 'ift'}", "peft.method=none", "train.lr=0.05",
         "train.warmup_iters=0", "train.max_iters=5", "train.batch_size=4", "train.eval_iters=1",
         "train.eval_interval=5", "data.test_examples=3", "train.progress=false"])
-    summary = train(cfg, log=lambda *a: None)
+    lines = []
+    summary = train(cfg, log=lines.append)
+    counts = re.search(r"\(([\d.]+)M params, ([\d.]+)M trainable; all weights\)", lines[0])
+    assert counts and counts[1] == counts[2], lines[0]  # every weight trains: the two counts agree
     base = load_trained(pre.out_dir)[0]
     eos = "<|endoftext|>" if "<|endoftext|>" in (getattr(base.tokenizer, "special", {}) or {}) else "\n"
     for question, before, after in summary["answers"]:

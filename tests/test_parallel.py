@@ -299,11 +299,15 @@ def test_semi_auto_parallel_on_cpu_is_one_clear_line(tmp_path):
 
 
 def test_cluster_config_is_checked_on_a_laptop():
-    """The 8-card Ascend YAML: its TP x PP x DP layout validates for 8 devices and is refused for 4."""
+    """The 8-card Ascend YAML: its TP x DP layout validates for 8 devices and is refused for 4; its pipeline variant
+    (the notebook's estimate example) validates too."""
     ok = launch("-n", "8", "--dry-run", "--", "configs/gpt2_ascend_8p.yaml")
     assert ok.returncode == 0, ok.stderr
-    assert "data_parallel 2 x model_parallel 2 x pipeline_stage 2 - layout valid" in ok.stdout
+    assert "data_parallel 4 x model_parallel 2 x pipeline_stage 1 - layout valid" in ok.stdout
     assert "memory per device (estimate)" in ok.stdout
+    pipe = launch("-n", "8", "--dry-run", "--", "configs/gpt2_ascend_8p.yaml", "parallel_config.data_parallel=2",
+                  "parallel_config.pipeline_stage=2", "parallel_config.micro_batch_num=4")
+    assert "data_parallel 2 x model_parallel 2 x pipeline_stage 2 - layout valid" in pipe.stdout, pipe.stderr
     assert_clean_error(launch("-n", "4", "--dry-run", "--", "configs/gpt2_ascend_8p.yaml"), "= 8, but 4 devices")
     two = launch("-n", "4", "--nodes", "2", "--dry-run", "--", "configs/gpt2_ascend_8p.yaml")  # 4 per machine
     assert two.returncode == 0 and "layout valid" in two.stdout, two.stderr

@@ -14,6 +14,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
+from conftest import presentable
+
 from mindllm.slides import MAX_CODE_LINES, audit, build, chromium, main, problems
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -229,14 +231,15 @@ def _cell_nb(path, cells):
 @needs_chromium
 @pytest.mark.slow
 def test_the_audit_names_what_an_instructor_would_have_to_fix(tmp_path):
-    """Too tall, a code line cut at the edge, too much code, no notes: each named with its slide; Chinese text is
-    drawn with the bundled font."""
+    """Too tall, a code line cut at the edge, too much code, no notes, code hidden behind a key press: each named
+    with its slide; Chinese text is drawn with the bundled font."""
     long_code = "\n".join(f"x{i} = {i}" for i in range(40))  # 40 lines: taller than the screen, over 12
     nb = _cell_nb(tmp_path / "bad.ipynb", [
         cell("md", "# Title 标题", "slide"),
         cell("md", "## Tall", "slide"), cell("code", long_code, "-"), cell("md", "talk", "notes"),
         cell("md", "## Wide", "slide"), cell("code", "y = '" + "w" * 200 + "'", "-"), cell("md", "talk", "notes"),
         cell("md", "## 中文 without notes", "slide"),
+        cell("md", "## Bare", "slide"), cell("code", "w = 2", "fragment"), cell("md", "talk", "notes"),
         cell("md", "## Fine", "slide"), cell("code", "z = 1", "-"), cell("md", "talk", "notes"),
     ])
     report = audit(build(nb, str(tmp_path / "out")))
@@ -246,13 +249,14 @@ def test_the_audit_names_what_an_instructor_would_have_to_fix(tmp_path):
     assert any("'Tall'" in p and f"40 lines of code (at most {MAX_CODE_LINES})" in p for p in found), found
     assert any("'Wide'" in p and "a code line is cut" in p for p in found), found
     assert any("'中文 without notes'" in p and "no speaker notes" in p for p in found), found
+    assert any("'Bare'" in p and "code arrives as a fragment" in p for p in found), found
     assert not any("'Fine'" in p or "'Title" in p for p in found), found
-    assert len(found) == 4, found
+    assert len(found) == 5, found
 
 
 @needs_chromium
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+@pytest.mark.parametrize("path", presentable(NOTEBOOKS), ids=os.path.basename)
 def test_every_deck_is_ready_to_present(path, tmp_path):
     """At 1280x720 every slide fits, no code line is cut, no slide shows more than 12 lines of code, every slide after
     the title has speaker notes, and Chinese is drawn with the bundled font."""

@@ -112,20 +112,28 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
+def lsh_candidates(sigs, bands: int, rows: int) -> set[tuple[int, int]]:
+    """Candidate pairs (i, j), i < j: the signatures (one row per document) agree on every one of the `rows`
+    columns of at least one band; band k is columns k*rows .. (k+1)*rows - 1, and columns after the last band are
+    ignored. Each band hashes the documents into buckets, so only documents that share a bucket are paired."""
+    sigs = np.asarray(sigs)
+    candidates = set()
+    for band in range(bands):
+        buckets: dict[bytes, list[int]] = {}
+        for i, sig in enumerate(sigs[:, band * rows:(band + 1) * rows]):
+            buckets.setdefault(np.ascontiguousarray(sig).tobytes(), []).append(i)
+        for members in buckets.values():
+            candidates.update((a, b) for k, a in enumerate(members) for b in members[k + 1:])
+    return candidates
+
+
 def near_duplicate_pairs(docs, threshold: float = 0.7, num_perm: int = 128, n: int = 5, seed: int = 1):
     """[(i, j, jaccard)] for i < j whose shingle sets have Jaccard >= threshold (found via MinHash LSH)."""
     sets = [shingles(d, n) for d in docs]
     mh = MinHash(num_perm, seed)
     sigs = np.stack([mh.signature(s) for s in sets]) if sets else np.zeros((0, num_perm), np.uint64)
     bands, rows = lsh_params(threshold, num_perm)
-    candidates = set()
-    for band in range(bands):
-        buckets: dict[bytes, list[int]] = {}
-        for i, sig in enumerate(sigs[:, band * rows:(band + 1) * rows]):
-            buckets.setdefault(sig.tobytes(), []).append(i)
-        for members in buckets.values():
-            candidates.update((a, b) for k, a in enumerate(members) for b in members[k + 1:])
-    pairs = [(i, j, jaccard(sets[i], sets[j])) for i, j in sorted(candidates)]
+    pairs = [(i, j, jaccard(sets[i], sets[j])) for i, j in sorted(lsh_candidates(sigs, bands, rows))]
     return [(i, j, s) for i, j, s in pairs if s >= threshold]
 
 

@@ -231,6 +231,23 @@ def sinusoidal_table(max_len, dim):
     return table.astype(np.float32)
 
 
+def write_cache(cache, k, v, pos):
+    """A static KV cache step: write k, v (BH, T, hs) into rows pos..pos+T-1 of cache = (k, v) of shape
+    (BH, block, hs); return the full keys and values and the (T, block) mask of the keys each query may see.
+    The write is a one-hot matmul, so shapes never change and one compiled graph serves every position."""
+    block, T = cache[0].shape[1], k.shape[1]
+    slots = ops.arange(block, dtype=ms.int32)
+    rows = pos + ops.arange(T, dtype=ms.int32)  # absolute positions of the new tokens
+    write = (slots.reshape(1, -1) == rows.reshape(-1, 1)).astype(k.dtype)  # (T, block) one-hot
+    keep = (1.0 - write.sum(0)).reshape(1, -1, 1)
+    place = ops.tile(write.transpose(1, 0).reshape(1, block, T), (k.shape[0], 1, 1))
+    k = cache[0] * keep + ops.bmm(place, k)  # (BH, block, hs)
+    v = cache[1] * keep + ops.bmm(place, v)
+    visible = slots.reshape(1, -1) <= rows.reshape(-1, 1)  # (T, block): keys at or before each query
+    mask = ops.select(visible, ops.zeros_like(write), ops.full_like(write, NEG_INF))
+    return k, v, mask
+
+
 class CausalSelfAttention(nn.Cell):
     """Multi-head self-attention where position t attends to positions <= t.
 
@@ -248,7 +265,6 @@ class CausalSelfAttention(nn.Cell):
         self.attention = Attention(n_embd // n_head, dropout)
         self.resid_dropout = nn.Dropout(p=dropout)
         self.mask = causal_mask(block_size)[0]
-        self.av = ops.BatchMatMul()  # writes new keys/values into the cache
         self.compute_dtype = ms.float32
 
     def construct(self, x, cache=None, pos=None):
@@ -258,22 +274,9 @@ class CausalSelfAttention(nn.Cell):
         if cache is None:
             mask = self.mask[:T, :T]
         else:
-            k, v, mask = self._use_cache(cache, k, v, pos, T)
+            k, v, mask = write_cache(cache, k, v, pos)
         y = merge_heads(self.attention(q, k, v, mask), B)  # attention over (T | block) keys -> (B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
-
-    def _use_cache(self, cache, k, v, pos, T):
-        """Write k, v (B*nh, T, hs) into the cache rows pos..pos+T-1; return the full cache and its mask."""
-        slots = ops.arange(self.block_size, dtype=ms.int32)
-        rows = pos + ops.arange(T, dtype=ms.int32)  # absolute positions of the new tokens
-        write = (slots.reshape(1, -1) == rows.reshape(-1, 1)).astype(k.dtype)  # (T, block) one-hot
-        keep = (1.0 - write.sum(0)).reshape(1, -1, 1)
-        place = ops.tile(write.transpose(1, 0).reshape(1, self.block_size, T), (k.shape[0], 1, 1))
-        k = cache[0] * keep + self.av(place, k)  # (B*nh, block, hs)
-        v = cache[1] * keep + self.av(place, v)
-        visible = slots.reshape(1, -1) <= rows.reshape(-1, 1)  # (T, block): keys at or before each query
-        mask = ops.select(visible, ops.zeros_like(write), ops.full_like(write, NEG_INF))
-        return k, v, mask
 
 
 class EncoderLayer(nn.Cell):

@@ -31,8 +31,9 @@ def get(name: str):
 
 
 def infer(arch: str, corpus: str) -> str:
-    """The task of a config written before `task:` existed, from model.arch and data.corpus."""
-    if arch == "gpt":
+    """The task of a config without a `task:` key (written before it existed, or overrides only), from model.arch
+    and data.corpus."""
+    if arch in ("gpt", "llama"):
         return "instruct" if corpus in INSTRUCTION_CORPORA else "causal_lm"
     return {"transformer": "seq2seq_dates", "bert": "bert_pretrain", "bert_classifier": "classify"}.get(arch, arch)
 
@@ -42,7 +43,8 @@ class Task:
     """One objective, ready to train: a batch is a tuple of arrays and `loss_fn(*batch)` its loss.
 
     `eval_metrics(model)` adds metrics such as val accuracy to every evaluation, `final_eval(model)` task metrics
-    such as test accuracy to the summary."""
+    such as test accuracy to the summary. `eval_loss_fn`, if given, is the loss evaluations report (a mixture of
+    experts trains on its loss plus a load-balancing term, and reports the loss alone)."""
     model: Any
     loss_fn: Callable
     train_batches: Any  # an object with next(), state(), set_state()
@@ -53,6 +55,7 @@ class Task:
     describe: str
     eval_metrics: Callable | None = None
     final_eval: Callable | None = None
+    eval_loss_fn: Callable | None = None
 
 
 def build(cfg) -> Task:

@@ -53,6 +53,13 @@ def trainable(model) -> int:
     return sum(int(np.prod(p.shape)) for p in model.trainable_params())
 
 
+def parameter_counts(model) -> str:
+    """'0.998M params, 0.066M trainable': both numbers count every parameter (the position embedding and any
+    adapters included), so they are equal when every weight trains."""
+    total = sum(int(np.prod(p.shape)) for p in model.get_parameters())
+    return f"{total / 1e6:.3f}M params, {trainable(model) / 1e6:.3f}M trainable"
+
+
 def loss_line(summary: dict, perplexity: bool = True) -> str:
     """The summary's first line: the final val loss beside the untrained model's, uniform and unigram."""
     s = summary

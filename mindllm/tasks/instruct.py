@@ -24,7 +24,7 @@ from ..models.layers import cross_entropy
 from ..peft import add_peft, save_adapter
 from ..sample import complete
 from . import INSTRUCTION_CORPORA, Task
-from .common import fixed_batches, loss_line, trainable, unigram_loss
+from .common import fixed_batches, loss_line, parameter_counts, unigram_loss
 
 ARCHS = ("gpt",)
 SAMPLES = True
@@ -127,8 +127,8 @@ def build(cfg) -> Task:
         eval_batches={name: fixed_batches(RowBatches, (arrays[split][:2], batch), cfg.seed + 1, cfg.train.eval_iters)
                       for name, split in (("train", "train"), ("val", "test"))},
         baselines={"uniform": math.log(V), "unigram": unigram_loss(train_y, test_y, V)},
-        describe=f"instruction tuning of the GPT in {init} ({model.num_params() / 1e6:.2f}M params, "
-                 f"{trainable(model) / 1e6:.3f}M trainable; {method if method != 'none' else 'all weights'}) | "
+        describe=f"instruction tuning of the GPT in {init} ({parameter_counts(model)}; "
+                 f"{method if method != 'none' else 'all weights'}) | "
                  f"{len(train_r)} train / {len(test_r)} held-out Q/A ({cfg.data.corpus}; "
                  f"{len(records) - len(kept)} records the tokenizer cannot write, "
                  f"{arrays['train'][2] + arrays['test'][2]} too long)")
@@ -136,7 +136,7 @@ def build(cfg) -> Task:
 
 def report(s: dict) -> str:
     return (loss_line(s) +
-            f"\nheld-out questions ({s['questions_answered']}), greedy answers, word F1 against the reference: "
+            f"\nheld-out records ({s['questions_answered']}), greedy answers, word F1 against the reference: "
             f"{s['answer_f1']:.3f} after tuning | baselines: before tuning {s['pretrained_answer_f1']:.3f}, "
             f"always the most frequent training answer {s['frequent_answer_f1']:.3f}" +
             "".join(f"\n  Q: {q!r}\n     before: {b!r}\n     after:  {a!r}" for q, b, a in s["answers"][:4]))
