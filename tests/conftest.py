@@ -39,7 +39,6 @@ def tiny_cfg(tmp_path, small_corpus):
 NOT_YET_PRESENTABLE = {
     "04_attention_transformer.ipynb": "restructured with 5 checked exercises on branch nb04; its full run (with the "
                                       "12-run stability ablation) is pending",
-    "08_lora.ipynb": "restructured with 5 checked exercises on branch nb08; its 22-run full execution is pending",
 }
 
 
