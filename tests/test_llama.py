@@ -243,3 +243,34 @@ def test_mindformers_yaml_has_the_wheels_sections(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(mindformers.qwen2_config_json(
         {"vocab_size": 65, "hidden_size": 32, "rope_parameters": {"rope_type": "default"}, "head_dim": 8})))
     check_against_mindformers(str(tmp_path))
+
+
+def test_gpt_cells_swap_for_llama_cells():
+    """Notebook 12's ablation builds GPT-2 with one Llama change by swapping cells: a replaced parent's old children
+    (GPT's c_fc, c_proj) are skipped, not looked up, every Parameter keeps its full name, and the swapped cells
+    compute SwiGLU and RMSNorm as numpy does."""
+    import math
+    from mindllm.models.gpt import GPT, GPTConfig
+    from mindllm.models.layers import LayerNorm
+    from mindllm.models.llama import LlamaMLP, RMSNorm
+    from mindllm.models.surgery import replace_cells
+
+    gpt = GPT(GPTConfig(vocab_size=61, block_size=16, n_layer=2, n_head=4, n_embd=32))
+    lcfg = LlamaConfig(vocab_size=61, n_embd=32, intermediate_size=40)
+    swapped = replace_cells(gpt, lambda name, cell: LlamaMLP(lcfg, 0.02 / math.sqrt(4)) if name.endswith(".mlp")
+                            else None)
+    assert swapped == ["transformer.h.0.mlp", "transformer.h.1.mlp"]
+    replace_cells(gpt, lambda name, cell: RMSNorm(32) if isinstance(cell, LayerNorm) else None)
+    names = [n for n, _ in gpt.parameters_and_names()]
+    assert "transformer.h.1.mlp.gate_proj.weight" in names and not [n for n in names if "c_fc" in n]
+    assert not [n for n in names if n.startswith("transformer.ln_f.") and not n.endswith("weight")]
+    assert [p.name for p in gpt.get_parameters()] == names
+    block, h = gpt.transformer.h[0], np.random.default_rng(0).normal(size=(2, 16, 32)).astype(np.float32)
+    w = {n: p.asnumpy() for n, p in block.mlp.parameters_and_names()}
+    g = h @ w["gate_proj.weight"].T
+    want = (g / (1 + np.exp(-g)) * (h @ w["up_proj.weight"].T)) @ w["down_proj.weight"].T
+    np.testing.assert_allclose(block.mlp(Tensor(h)).asnumpy(), want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(block.ln_2(Tensor(h)).asnumpy(), h / np.sqrt((h * h).mean(-1, keepdims=True) + 1e-6),
+                               rtol=1e-5, atol=1e-6)
+    x = np.random.default_rng(1).integers(0, 61, (2, 16)).astype(np.int32)
+    assert gpt(Tensor(x)).shape == (2, 16, 61)

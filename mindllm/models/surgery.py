@@ -19,7 +19,10 @@ def replace_cells(model, new_for) -> list[str]:
     for name, cell in list(model.cells_and_names()):
         if not name:
             continue
-        current = child(model, name)  # a replaced parent may hold this child under the same name
+        try:
+            current = child(model, name)  # a replaced parent may hold this child under the same name...
+        except (AttributeError, IndexError):
+            continue  # ...or not hold it at all (a SwiGLU MLP in place of GPT's has no c_fc)
         new = new_for(name, current)
         if new is None:
             continue
