@@ -12,7 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from .layers import MLP, CausalSelfAttention, Embedding, LayerNorm, cross_entropy, mm_dtype  # noqa: F401
+from .layers import MLP, CausalSelfAttention, Embedding, LayerNorm, cross_entropy, mm_dtype, tied_logits  # noqa: F401
 
 
 @dataclass
@@ -63,9 +63,7 @@ class GPT(nn.Cell):
         self.compute_dtype = ms.float32
 
     def _logits(self, h):
-        B, T, C = h.shape
-        a, w = mm_dtype(self, h.reshape(B * T, C), self.transformer.wte.weight)
-        return self.lm_head(a, w).astype(h.dtype).reshape(B, T, -1)
+        return tied_logits(self, h, self.transformer.wte.weight, self.lm_head)
 
     def construct(self, idx):
         """idx (B, T) int32 -> logits (B, T, vocab)."""

@@ -26,6 +26,14 @@ def mm_dtype(cell, *xs):
     return tuple(x.astype(cell.compute_dtype) for x in xs)
 
 
+def tied_logits(cell, h, weight, matmul):
+    """The LM head tied to the token embedding: h (B, T, C) @ weightᵀ -> logits (B, T, vocab), the matmul in the
+    cell's compute dtype. `matmul` is the cell's ops.MatMul(transpose_b=True)."""
+    B, T, C = h.shape
+    a, w = mm_dtype(cell, h.reshape(B * T, C), weight)
+    return matmul(a, w).astype(h.dtype).reshape(B, T, -1)
+
+
 def set_compute_dtype(model, dtype) -> None:
     """Mixed precision: run every matmul of `model` in `dtype` (results return to float32)."""
     for _, cell in model.cells_and_names():

@@ -23,7 +23,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .layers import (Attention, Embedding, Linear, _const, causal_mask, cross_entropy, merge_heads,  # noqa: F401
-                     mm_dtype, split_heads, write_cache)
+                     mm_dtype, split_heads, tied_logits, write_cache)
 from .moe import SparseMoE
 
 
@@ -189,9 +189,7 @@ class Llama(nn.Cell):
     def _logits(self, h):
         if not self.config.tie_word_embeddings:
             return self.lm_head(h)
-        B, T, C = h.shape
-        a, w = mm_dtype(self, h.reshape(B * T, C), self.model.embed_tokens.weight)
-        return self.tied_head(a, w).astype(h.dtype).reshape(B, T, -1)
+        return tied_logits(self, h, self.model.embed_tokens.weight, self.tied_head)
 
     def construct(self, idx):
         """idx (B, T) int32 -> logits (B, T, vocab)."""
