@@ -621,14 +621,20 @@ def _write_hf(out_dir: str, config: dict, arrays: dict) -> str:
 # ----------------------------------------------------------------------------------------------- CLI
 
 
+def _run_model(run: str, archs: tuple, refusal: str):
+    """A run's model and tokenizer, its model.arch checked first from the config alone (no weights loaded)."""
+    arch = runs.read_config(runs.locate(run)[0]).model.arch
+    if arch not in archs:
+        raise UserError(f"'{run}' trained a model.arch={arch} model; {refusal}")
+    model, tokenizer, _ = runs.load_model(run)
+    return model, tokenizer
+
+
 def export_run(run: str, out_dir: str, log=print) -> str:
     """Export a mindllm training run (its out_dir, or one of its ckpt/step_* dirs) as a Hugging Face
     GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM directory; the run's tokenizer is copied beside it."""
-    arch = runs.read_config(runs.locate(run)[0]).model.arch
-    if arch not in ("gpt", "llama"):
-        raise UserError(f"'{run}' trained a model.arch={arch} model; only GPT and Llama runs have a Hugging Face "
-                        f"counterpart (GPT2LMHeadModel, LlamaForCausalLM / Qwen2ForCausalLM)")
-    model, tokenizer, _ = runs.load_model(run)
+    model, tokenizer = _run_model(run, ("gpt", "llama"), "only GPT and Llama runs have a Hugging Face counterpart "
+                                                         "(GPT2LMHeadModel, LlamaForCausalLM / Qwen2ForCausalLM)")
     to_hf(model, out_dir)
     hf_arch = llama_hf_config(model.config)["architectures"][0] if isinstance(model, Llama) else "GPT2LMHeadModel"
     tok_note = _save_tokenizer(tokenizer, out_dir)
@@ -650,11 +656,8 @@ def _save_tokenizer(tokenizer, out_dir: str) -> str:
 def export_mindformers(run: str, out_dir: str, log=print) -> str:
     """Export a course Llama run for mindformers: a Hugging Face Qwen2 directory (a Llama without biases gets zero
     q/k/v biases: the same function) with the tokenizer, and predict_qwen2.yaml in mindformers' own format."""
-    arch = runs.read_config(runs.locate(run)[0]).model.arch
-    if arch != "llama":
-        raise UserError(f"'{run}' trained a model.arch={arch} model; mindformers' Qwen2 takes the Llama block "
-                        f"(train with configs/llama_*.yaml)")
-    model, tokenizer, _ = runs.load_model(run)
+    model, tokenizer = _run_model(run, ("llama",), "mindformers' Qwen2 takes the Llama block (train with "
+                                                   "configs/llama_*.yaml)")
     if model.config.num_experts:
         raise UserError("a mixture-of-experts run has no mindformers Qwen2 counterpart (mindformers' MoE models "
                         "use other blocks); export it with --to-hf as MixtralForCausalLM")
