@@ -274,3 +274,17 @@ def test_gpt_cells_swap_for_llama_cells():
                                rtol=1e-5, atol=1e-6)
     x = np.random.default_rng(1).integers(0, 61, (2, 16)).astype(np.int32)
     assert gpt(Tensor(x)).shape == (2, 16, 61)
+
+
+def test_mindformers_export_refuses_a_gpt_run_in_one_line(tiny_cfg, capsys):
+    """The arch is read from the run's config before any weight is loaded; nothing is written."""
+    from mindllm.convert import main as convert
+    from mindllm.train import train
+    cfg = tiny_cfg("train.max_iters=2", "train.eval_interval=2", "train.ckpt_interval=2")
+    train(cfg, log=lambda *_: None)
+    with pytest.raises(SystemExit) as e:
+        convert(["--to-mindformers", cfg.out_dir, cfg.out_dir + "_mf"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.arch=gpt" in err and "Llama block" in err and "\n" not in err, err
+    assert not os.path.exists(cfg.out_dir + "_mf")
