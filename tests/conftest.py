@@ -32,15 +32,3 @@ def tiny_cfg(tmp_path, small_corpus):
                                          *overrides])
 
     return make
-
-
-# Notebooks whose slides and checked exercises (issues 20 and 21) are not on main yet: the tests that demand them
-# are expected to fail for these, strictly (an unexpected pass fails too, so the entry is removed when the work lands).
-# Empty since weeks 4 and 8 landed: every notebook on main is presentable.
-NOT_YET_PRESENTABLE: dict[str, str] = {}
-
-
-def presentable(paths):
-    """pytest parameters over notebook paths, the ones in NOT_YET_PRESENTABLE marked as expected failures."""
-    return [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=NOT_YET_PRESENTABLE[os.path.basename(p)]))
-            if os.path.basename(p) in NOT_YET_PRESENTABLE else p for p in paths]

@@ -13,14 +13,13 @@ import pytest
 from mindllm import exercises
 from mindllm.exercises.editions import BEGIN, END, student_edition, tags
 from mindllm.grade import expected, main, run_checks
-from conftest import presentable
 from test_cli import assert_clean_error, call
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
 
 
-@pytest.mark.parametrize("path", presentable(NOTEBOOKS), ids=os.path.basename)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_every_notebook_has_checked_exercises(path):
     nb = nbformat.read(path, as_version=4)
     exercise_cells = [c for c in nb.cells if "exercise" in tags(c)]
@@ -73,7 +72,7 @@ def test_grading_week01_gives_100_and_0_percent(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", presentable(NOTEBOOKS[1:]), ids=os.path.basename)
+@pytest.mark.parametrize("path", NOTEBOOKS[1:], ids=os.path.basename)
 def test_grading_gives_100_and_0_percent(path, tmp_path):
     _grade(path, tmp_path)
 

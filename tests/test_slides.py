@@ -14,7 +14,6 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from conftest import presentable
 
 from mindllm.slides import MAX_CODE_LINES, audit, build, chromium, main, problems
 
@@ -256,7 +255,7 @@ def test_the_audit_names_what_an_instructor_would_have_to_fix(tmp_path):
 
 @needs_chromium
 @pytest.mark.slow
-@pytest.mark.parametrize("path", presentable(NOTEBOOKS), ids=os.path.basename)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_every_deck_is_ready_to_present(path, tmp_path):
     """At 1280x720 every slide fits, no code line is cut, no slide shows more than 12 lines of code, every slide after
     the title has speaker notes, and Chinese is drawn with the bundled font."""
