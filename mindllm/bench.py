@@ -9,6 +9,7 @@ lines (PyTorch is a dev dependency, imported only in its workers).
     python -m mindllm.bench                  # both shapes, JSON + Markdown in bench_out/
     python -m mindllm.bench --quick          # CI smoke: the small shape, a few steps
     python -m mindllm.bench --kernels plain  # mindllm without its fused CPU kernels, to see what they buy
+    python -m mindllm.bench --serve runs/week09/full  # load-test `python -m mindllm.serve`: 1 vs 8 clients
 """
 from __future__ import annotations
 
@@ -379,7 +380,11 @@ def build_parser():
                     help="auto: mindllm's fused CPU kernels where they build; plain: pure MindSpore ops "
                          "(default: $MINDLLM_KERNELS, else auto)")
     ap.add_argument("--quick", action="store_true", help="CI smoke: small shape, 1 repeat, 3 steps, 32 tokens")
-    ap.add_argument("--out", default="bench_out", help="directory for bench.json and bench.md")
+    ap.add_argument("--out", default="bench_out", help="directory for bench.json and bench.md (serve.* with --serve)")
+    ap.add_argument("--serve", metavar="RUN", help="instead: load-test `python -m mindllm.serve RUN` (loadtest.py)")
+    ap.add_argument("--clients", type=int, default=8, help="--serve: concurrent clients")
+    ap.add_argument("--requests", type=int, default=20, help="--serve: streaming requests per client")
+    ap.add_argument("--max-tokens", type=int, default=32, help="--serve: max_tokens of each request")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-args", help=argparse.SUPPRESS)
     return ap
@@ -391,6 +396,12 @@ def main(argv=None) -> None:
     if args.worker:
         print(json.dumps(WORKERS[args.worker](**json.loads(args.worker_args))))
         return
+    if args.serve:
+        from . import loadtest
+
+        result = loadtest.run(args.serve, args.clients, args.requests, args.max_tokens,
+                              log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        return _write(args.out, "serve", result, loadtest.markdown(result))
     from . import kernels
 
     args.kernels = args.kernels or kernels.mode()  # mode() checks $MINDLLM_KERNELS: one line, not a worker's traceback
@@ -409,11 +420,15 @@ def main(argv=None) -> None:
         shapes, args.repeats, args.steps, args.warmup, args.new_tokens = shapes[:1], 1, 3, 1, 32
     result = run(shapes, args.repeats, args.warmup, args.steps, args.new_tokens, args.kernels,
                  log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench.json"), "w") as fh:
+    _write(args.out, "bench", result, markdown(result))
+
+
+def _write(out: str, name: str, result: dict, table: str) -> None:
+    """OUT/name.json and OUT/name.md, and the table on stdout."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as fh:
         json.dump(result, fh, indent=1)
-    table = markdown(result)
-    with open(os.path.join(args.out, "bench.md"), "w", encoding="utf-8") as fh:
+    with open(os.path.join(out, f"{name}.md"), "w", encoding="utf-8") as fh:
         fh.write(table)
     print(table)
 

@@ -88,15 +88,15 @@ def decoder_for(model, batch_size: int, compile_: bool) -> Decoder:
     return cache[key]
 
 
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0,
-             kv_cache=True, compile_=True, on_token=None):
-    """Continue `idx` (B, T) int token ids by `max_new_tokens`; returns (B, T + max_new_tokens).
+def tokens(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0,
+           kv_cache=True, compile_=True):
+    """Yield the next token of every row, (B,) int32, `max_new_tokens` times: the loop behind `generate`, for
+    callers that stream or stop early (a chat stops at the end-of-answer token; a server when its client leaves).
 
     The context is the last `block_size` tokens (a sliding window). A window shorter than the block is padded
     at the end, which the causal mask makes harmless, so shapes stay static. With the cache, each new token
     costs one position's forward pass until the window is full; once it slides, positions shift and the window
-    is re-encoded, so the result equals the uncached computation token for token. `on_token(new)`, if given, sees
-    the new tokens so far (B, n) after each step (to stream them).
+    is re-encoded, so the result equals the uncached computation token for token.
     """
     block = model.config.block_size
     idx = np.asarray(idx, dtype=np.int32)
@@ -110,7 +110,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, re
         win = idx[:, -block:]
         return Tensor(np.pad(win, ((0, 0), (0, block - win.shape[1])))), win.shape[1]
 
-    cache, pos, start = None, 0, idx.shape[1]
+    cache, pos = None, 0
     for _ in range(max_new_tokens):
         if not kv_cache:
             x, n = padded_window()
@@ -123,11 +123,22 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, re
             # mutable: the cache and position are data, not constants to specialise (and recompile) the graph on
             out, cache = dec.step(Tensor(idx[:, -1:]), ms.mutable(cache), ms.mutable(Tensor(pos, ms.int32)))
             logits, pos = out.asnumpy()[:, 0], pos + 1
-        nxt = pick(logits, rng, history=idx, **rules)
-        idx = np.concatenate([idx, nxt[:, None].astype(np.int32)], axis=1)
+        nxt = pick(logits, rng, history=idx, **rules).astype(np.int32)
+        idx = np.concatenate([idx, nxt[:, None]], axis=1)
+        yield nxt
+
+
+def generate(model, idx, max_new_tokens, on_token=None, **rules):
+    """Continue `idx` (B, T) int token ids by `max_new_tokens`; returns (B, T + max_new_tokens). `rules` are those
+    of `tokens` (temperature, top_k, top_p, repetition_penalty, seed, kv_cache, compile_). `on_token(new)`, if
+    given, sees the new tokens so far (B, n) after each step (to stream them)."""
+    idx = np.asarray(idx, dtype=np.int32)
+    new = np.zeros((idx.shape[0], 0), np.int32)
+    for nxt in tokens(model, idx, max_new_tokens, **rules):
+        new = np.concatenate([new, nxt[:, None]], axis=1)
         if on_token is not None:
-            on_token(idx[:, start:])
-    return idx
+            on_token(new)
+    return np.concatenate([idx, new], axis=1)
 
 
 def unescape(text: str) -> str:

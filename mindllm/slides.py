@@ -21,6 +21,7 @@ from nbconvert import SlidesExporter
 from traitlets.config import Config
 
 from . import fonts
+from .browser import FLAGS, find_chromium
 from .nbfile import read_notebook
 from .errors import ArgumentParser, UserError, cli
 
@@ -217,15 +218,11 @@ def problems(report: dict) -> list[str]:
 
 
 def chromium(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run headless Chromium in a throw-away profile. The background-networking flags stop it from calling
-    home, which on a closed network makes it hang or misbehave; --no-sandbox lets it run as root."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not exe:
-        raise UserError("Chromium not found: apt-get install chromium (it prints the decks to PDF)")
+    """Run headless Chromium in a throw-away profile, with the flags of browser.FLAGS (no calling home, runs as
+    root)."""
+    exe = find_chromium("it prints the decks to PDF")
     with tempfile.TemporaryDirectory() as profile:
-        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args]
+        cmd = [exe, *FLAGS, f"--user-data-dir={profile}", *args]
         try:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
