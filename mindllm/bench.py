@@ -399,8 +399,8 @@ def main(argv=None) -> None:
     if args.serve:
         from . import loadtest
 
-        result = loadtest.run(args.serve, args.clients, args.requests, args.max_tokens,
-                              log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        result = {"machine": machine(), **loadtest.run(args.serve, args.clients, args.requests, args.max_tokens,
+                                                       log=lambda msg: print(msg, file=sys.stderr, flush=True))}
         return _write(args.out, "serve", result, loadtest.markdown(result))
     from . import kernels
 

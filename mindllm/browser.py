@@ -72,9 +72,9 @@ class DevTools:
 
 
 def chat_in_browser(url: str, message: str, screenshot: str | None = None, timeout: float = 60,
-                    inputs: dict | None = None) -> dict:
-    """Open the chat page at `url`, fill its `inputs` by id (e.g. {"max_tokens": 200, "temperature": 0.8}), type
-    `message`, press Enter and record the answer as it streams in.
+                    inputs: dict | None = None, size: tuple[int, int] = (1280, 720)) -> dict:
+    """Open the chat page at `url` in a window of `size` pixels, fill its `inputs` by id (e.g. {"max_tokens": 200,
+    "temperature": 0.8}), type `message`, press Enter and record the answer as it streams in.
     Returns {"texts": each distinct text of the answer bubble in order, "times": when each was first seen (s after
     Enter), "answer": the final text, "meta": the page's timing line, "user": the user bubble, "error": True when the
     page showed an error bubble}."""
@@ -95,7 +95,8 @@ def chat_in_browser(url: str, message: str, screenshot: str | None = None, timeo
             wait(deadline, timeout, "start")
         port, path = read(port_file).split()
         page = DevTools(f"ws://127.0.0.1:{port}{path}", timeout)
-        page.send("Emulation.setDeviceMetricsOverride", width=1280, height=720, deviceScaleFactor=1, mobile=False)
+        page.send("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
+                  mobile=False)
         page.send("Page.navigate", url=url)
         while not page.evaluate('document.readyState === "complete" && !!document.getElementById("input")'):
             wait(deadline, timeout, f"load {url}")

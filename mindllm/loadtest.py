@@ -159,8 +159,6 @@ def run(run_dir: str, clients: int, requests: int, max_tokens: int, port: int | 
         raise UserError(f"--max-tokens must be in 1..512 (the server's default limit); got {max_tokens}")
     if not os.path.isdir(run_dir):
         raise UserError(f"no run directory {run_dir!r}: give a trained run (e.g. runs/week09/full)")
-    from .bench import machine
-
     prompts = prompts or PROMPTS
     messages = [[{"role": "user", "content": p}] for p in prompts]
     with running(run_dir, timeout=timeout) as server:
@@ -180,7 +178,7 @@ def run(run_dir: str, clients: int, requests: int, max_tokens: int, port: int | 
     summary = {n: medians(r) for n, r in runs.items()}
     ok = ref["completed"] == len(prompts) and all(s["completed"] == s["requests"] and s["mismatched"] == 0
                                                   for s in summary.values())
-    return {"machine": machine(), "run": os.path.abspath(run_dir), "model": model, "max_tokens": max_tokens,
+    return {"run": os.path.abspath(run_dir), "model": model, "max_tokens": max_tokens,
             "clients": clients, "requests_per_client": requests, "rounds": rounds, "prompts": prompts,
             "reference": reference, "reference_completed": ref["completed"] == len(prompts),
             "distinct_answers": len(set(reference)),  # 1: every prompt gets the same answer, cross-talk cannot show
@@ -189,6 +187,7 @@ def run(run_dir: str, clients: int, requests: int, max_tokens: int, port: int | 
 
 
 def markdown(result: dict) -> str:
+    """The table; result["machine"] (bench.machine(), added by python -m mindllm.bench) describes the machine."""
     m = result["machine"]
 
     def ms(v):
