@@ -162,6 +162,14 @@ def test_an_instruction_tuned_run_answers_in_its_template(instruct_run):
         second = prompt_text({"instruction": "Why?", "input": ""})
         want = prompt_text({"instruction": question, "input": ""}) + "Yes.<|endoftext|>" + second
         assert reply2.usage.prompt_tokens == len(tok.encode(want)) <= 96
+        # Chinese in and out: byte-level tokens, each character sent whole, the same answer as the engine's
+        zh = "你好，你是谁？"
+        want_zh = complete(model, tok, prompt_text({"instruction": zh, "input": ""}), 20, temperature=0.0,
+                           notice=lambda *a: None)[0].split("<|endoftext|>")[0]
+        streamed = c.chat.completions.create(model="chat", messages=[{"role": "user", "content": zh}],
+                                             max_tokens=20, temperature=0, stream=True)
+        pieces = [ch.choices[0].delta.content or "" for ch in streamed]
+        assert "".join(pieces) == want_zh and not any("\ufffd" in p for p in pieces)
         # a history longer than the context window: the oldest turns no longer reach the model
         turn2[1]["content"] = "Yes. " * 60
         reply3 = c.chat.completions.create(model="chat", messages=turn2, max_tokens=10, temperature=0)
