@@ -188,7 +188,7 @@ def run(run_dir: str, clients: int, requests: int, max_tokens: int, port: int | 
 
 def markdown(result: dict) -> str:
     """The table; result["machine"] (bench.machine(), added by python -m mindllm.bench) describes the machine."""
-    m = result["machine"]
+    m = result.get("machine")
 
     def ms(v):
         return "–" if v is None else f"{v * 1e3:,.0f} ms"
@@ -197,8 +197,8 @@ def markdown(result: dict) -> str:
         return "–" if v is None else f"{v:,.1f} tok/s"
 
     rss = result["server_peak_rss_mb"]
-    head = (f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, MindSpore {m['mindspore']}. "
-            f"Server: `python -m mindllm.serve {result['run']}` (model '{result['model']}', one request decoded "
+    where = f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, MindSpore {m['mindspore']}. " if m else ""
+    head = (f"{where}Server: `python -m mindllm.serve {result['run']}` (model '{result['model']}', one request decoded "
             f"at a time, FIFO){f', peak RSS {rss:,.0f} MB' if rss else ''}. Streaming chat completions, "
             f"temperature 0, max_tokens {result['max_tokens']}, {result['requests_per_client']} requests per "
             f"client, medians of {result['rounds']} alternating rounds. Every answer completed and equal to a lone "
