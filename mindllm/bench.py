@@ -124,7 +124,7 @@ def ms_train(s: dict, warmup: int, steps: int) -> dict:
 def ms_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
     import numpy as np
 
-    from .sample import generate
+    from .decoding import generate
 
     model = _ms_model(s, block_size=DECODE_PROMPT + new_tokens)
     prompt = np.random.default_rng(0).integers(0, VOCAB, (1, DECODE_PROMPT), dtype=np.int32)
@@ -382,6 +382,10 @@ def build_parser():
     ap.add_argument("--quick", action="store_true", help="CI smoke: small shape, 1 repeat, 3 steps, 32 tokens")
     ap.add_argument("--out", default="bench_out", help="directory for bench.json and bench.md (serve.* with --serve)")
     ap.add_argument("--serve", metavar="RUN", help="instead: load-test `python -m mindllm.serve RUN` (loadtest.py)")
+    ap.add_argument("--speculative", metavar="RUN", help="instead: speculative decoding of RUN against plain decoding "
+                                                          "(k = 1..8, each --draft; speculative.py)")
+    ap.add_argument("--draft", action="append", default=[], help="--speculative: a draft run (repeat for several)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="--speculative: decoding temperature")
     ap.add_argument("--clients", type=int, default=8, help="--serve: concurrent clients")
     ap.add_argument("--requests", type=int, default=20, help="--serve: streaming requests per client")
     ap.add_argument("--max-tokens", type=int, default=32, help="--serve: max_tokens of each request")
@@ -402,6 +406,8 @@ def main(argv=None) -> None:
         result = {"machine": machine(), **loadtest.run(args.serve, args.clients, args.requests, args.max_tokens,
                                                        log=lambda msg: print(msg, file=sys.stderr, flush=True))}
         return _write(args.out, "serve", result, loadtest.markdown(result))
+    if args.speculative:
+        return speculative_bench(args)
     from . import kernels
 
     args.kernels = args.kernels or kernels.mode()  # mode() checks $MINDLLM_KERNELS: one line, not a worker's traceback
@@ -421,6 +427,18 @@ def main(argv=None) -> None:
     result = run(shapes, args.repeats, args.warmup, args.steps, args.new_tokens, args.kernels,
                  log=lambda msg: print(msg, file=sys.stderr, flush=True))
     _write(args.out, "bench", result, markdown(result))
+
+
+def speculative_bench(args) -> None:
+    from . import device, speculative
+
+    if not args.draft:
+        raise UserError("--speculative needs at least one --draft RUN (a smaller run with the same tokenizer)")
+    device.setup(device.context_for("CPU"), 0)
+    result = {"machine": machine(), **speculative.measure(args.speculative, args.draft, new_tokens=args.new_tokens,
+                                                          repeats=args.repeats, temperature=args.temperature,
+                                                          log=lambda msg: print(msg, file=sys.stderr, flush=True))}
+    _write(args.out, "speculative", result, speculative.markdown(result))
 
 
 def _write(out: str, name: str, result: dict, table: str) -> None:

@@ -26,6 +26,7 @@ def build_parser():
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     ap.add_argument("--max-tokens", type=int, default=128, help="longest answer, in tokens")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--draft", metavar="RUN", help="speculative decoding with a smaller run of the same tokenizer")
     ap.add_argument("--device", default="CPU", help="CPU, GPU, Ascend or auto")
     return ap
 
@@ -89,7 +90,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     device.setup(device.context_for(args.device), args.seed)
-    chat = Chat(Engine.load(args.run), args)
+    chat = Chat(Engine.load(args.run, draft=args.draft), args)
     kind = "instruction-tuned: it answers" if chat.engine.instruct else "a base model: it continues your text"
     print(f"chatting with '{args.run}' ({kind}; context {chat.engine.block} tokens). {HELP}")
     while True:

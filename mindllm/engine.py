@@ -22,7 +22,8 @@ import numpy as np
 from . import runs
 from .data.instruct import prompt_text
 from .errors import UserError
-from .sample import tokens
+from .decoding import tokens
+from .speculative import load_draft, speculative_tokens
 from .tasks.instruct import end_of_answer
 
 ROLES = ("system", "user", "assistant")
@@ -70,8 +71,9 @@ class TextStream:
 class Engine:
     """A trained GPT or Llama run, ready to answer: `prompt()` builds the ids, `stream()` yields text."""
 
-    def __init__(self, model, tokenizer, task: str, name: str):
+    def __init__(self, model, tokenizer, task: str, name: str, draft=None, k: int = 4):
         self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.draft, self.k = draft, k  # speculative decoding with a draft model (the same output distribution)
         self.instruct = task == "instruct"
         self.block = model.config.block_size
         self.eos_text = end_of_answer(tokenizer) if self.instruct else None
@@ -79,9 +81,21 @@ class Engine:
         self.finish_reason, self.completion_tokens = "length", 0
 
     @classmethod
-    def load(cls, path: str, name: str | None = None) -> Engine:
+    def load(cls, path: str, name: str | None = None, draft: str | None = None, k: int = 4) -> Engine:
+        """The run at `path`; `draft`, a smaller run with the same tokenizer, proposes k tokens per target pass."""
         model, tokenizer, cfg = runs.load_model(path)
-        return cls(model, tokenizer, cfg.task, name or os.path.basename(os.path.normpath(path)))
+        draft_model = load_draft(draft, path, tokenizer) if draft else None
+        return cls(model, tokenizer, cfg.task, name or os.path.basename(os.path.normpath(path)), draft_model, k)
+
+    def _tokens(self, ids: list[int], max_tokens: int, temperature: float, top_p: float, seed):
+        """The next token ids one by one: the decoder alone, or the draft's rounds checked by the model."""
+        if self.draft is None:
+            yield from (int(t[0]) for t in tokens(self.model, np.array([ids], np.int32), max_tokens,
+                                                  temperature=temperature, top_p=top_p, seed=seed))
+            return
+        for round_ in speculative_tokens(self.model, self.draft, ids, max_tokens, k=self.k, temperature=temperature,
+                                         top_p=top_p, seed=seed):
+            yield from round_
 
     def render(self, messages: list[dict]) -> str:
         """The conversation as the text the model continues."""
@@ -111,13 +125,12 @@ class Engine:
         ended. Setting `cancel` stops after the current token (a client that left)."""
         text = TextStream(self.tokenizer, stop)
         self.finish_reason, self.completion_tokens = "length", 0
-        for nxt in tokens(self.model, np.array([ids], np.int32), max_tokens, temperature=temperature, top_p=top_p,
-                          seed=seed):
+        for nxt in self._tokens(ids, max_tokens, temperature, top_p, seed):
             self.completion_tokens += 1
-            if self.instruct and int(nxt[0]) == self.eos:
+            if self.instruct and nxt == self.eos:
                 self.finish_reason = "stop"
                 break
-            piece = text.push(int(nxt[0]))
+            piece = text.push(nxt)
             if piece:
                 yield piece
             if text.stopped:

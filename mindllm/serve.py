@@ -356,6 +356,9 @@ def build_parser():
     ap.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask for")
     ap.add_argument("--max-waiting", type=int, default=64,
                     help="requests queued or decoding at most; more get HTTP 429 (server_busy)")
+    ap.add_argument("--draft", metavar="RUN", help="speculative decoding: a smaller run with the same tokenizer "
+                                                   "proposes tokens (answers unchanged in distribution)")
+    ap.add_argument("--speculative-k", type=int, default=4, help="with --draft: tokens proposed per round")
     ap.add_argument("--device", default="CPU", help="CPU, GPU, Ascend or auto")
     return ap
 
@@ -363,13 +366,14 @@ def build_parser():
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if not 0 <= args.port <= 65535 or args.max_tokens_limit < 1 or args.max_waiting < 1:
-        raise UserError("--port must be in 0..65535, --max-tokens-limit and --max-waiting >= 1")
+    if not 0 <= args.port <= 65535 or min(args.max_tokens_limit, args.max_waiting, args.speculative_k) < 1:
+        raise UserError("--port must be in 0..65535, --max-tokens-limit, --max-waiting and --speculative-k >= 1")
     import uvicorn
 
     sock = bind(args.host, args.port)
     device.setup(device.context_for(args.device), 0)
-    server = Server(Engine.load(args.run, args.name), args.max_tokens_limit, args.max_waiting)
+    engine = Engine.load(args.run, args.name, args.draft, args.speculative_k)
+    server = Server(engine, args.max_tokens_limit, args.max_waiting)
     server.warm_up()
     url = f"http://{args.host}:{sock.getsockname()[1]}"
     print(f"serving '{args.run}' as model '{server.engine.name}' "

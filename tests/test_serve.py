@@ -241,3 +241,17 @@ def test_a_full_queue_answers_429_and_recovers(base_run):
         assert status == 429 and err["code"] == "server_busy"
         r = httpx.post(f"{served.url}/v1/completions", json={**body, "max_tokens": 3, "stream": False}, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+
+
+def test_a_draft_model_leaves_the_answers_unchanged(server, base_run, tmp_path_factory, small_corpus):
+    """--draft: speculative decoding with a smaller run of the same tokenizer; at temperature 0 every answer is the
+    one the model gives alone."""
+    out = tmp_path_factory.mktemp("serve_draft") / "draft"
+    train(load_config(None, TINY + [f"data.corpus={small_corpus}", f"out_dir={out}", "train.max_iters=10",
+                                    "model.n_layer=1", "model.n_embd=16"]), log=lambda *a: None)
+    body = {"model": "base", "max_tokens": 30, "temperature": 0}
+    with running(base_run, "--draft", str(out), "--speculative-k", "3") as spec:
+        for prompt in ("ROMEO:", "KING"):
+            alone = httpx.post(f"{server}/v1/completions", json={**body, "prompt": prompt}).json()
+            drafted = httpx.post(f"{spec.url}/v1/completions", json={**body, "prompt": prompt}, timeout=60).json()
+            assert drafted["choices"][0]["text"] == alone["choices"][0]["text"]

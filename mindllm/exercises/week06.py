@@ -8,7 +8,7 @@ from mindspore import Tensor
 
 from ..models.gpt import GPT, GPTConfig
 from ..models.layers import causal_mask as reference_mask, cross_entropy as reference_cross_entropy
-from ..sample import adjust_logits, generate
+from ..decoding import adjust_logits, generate
 from .core import Mismatch, exercise, expect_close, expect_equal
 
 
