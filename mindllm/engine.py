@@ -106,12 +106,15 @@ class Engine:
         newest turn alone is too long, `crop` keeps its last block_size tokens, else PromptTooLong."""
         check_messages(messages)
         kept = fit_history(messages, lambda m: len(self.encode(self.render(m))), self.block)
-        ids = self.encode(self.render(kept))
-        if len(ids) > self.block:
-            if not crop:
-                raise PromptTooLong(f"the prompt has {len(ids)} tokens; this model's context window is {self.block}")
-            ids = ids[-self.block:]
-        return ids, len(messages) - len(kept)
+        return self.fit(self.encode(self.render(kept)), crop), len(messages) - len(kept)
+
+    def fit(self, ids: list[int], crop: bool = False) -> list[int]:
+        """`ids` if they fit the context window; else their last block_size (crop) or PromptTooLong."""
+        if len(ids) <= self.block:
+            return ids
+        if not crop:
+            raise PromptTooLong(f"the prompt has {len(ids)} tokens; this model's context window is {self.block}")
+        return ids[-self.block:]
 
     def encode(self, text: str) -> list[int]:
         if not text:

@@ -117,11 +117,7 @@ class Server:
                 return self.engine.prompt(messages)[0]
             if not isinstance(prompt, str) or not prompt:
                 raise BadRequest("'prompt' must be a non-empty string", param="prompt")
-            ids = self.engine.encode(prompt)
-            if len(ids) > self.engine.block:
-                raise PromptTooLong(f"the prompt has {len(ids)} tokens; this model's context window is "
-                                    f"{self.engine.block}")
-            return ids
+            return self.engine.fit(self.engine.encode(prompt))
         except PromptTooLong as e:
             raise BadRequest(str(e), code="context_length_exceeded", param="messages" if messages else "prompt")
         except UserError as e:
