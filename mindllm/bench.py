@@ -264,8 +264,14 @@ def matmul_peak(n: int = 1024, repeats: int = 20) -> dict:
     return {"gflops": 2 * n ** 3 / best / 1e9, "n": n, "threads": torch.get_num_threads()}
 
 
+def quant_decode(run: str, new_tokens: int) -> dict:
+    from .quant.measure import decode_worker  # a quantized run from disk, decoded greedily
+
+    return decode_worker(run, new_tokens)
+
+
 WORKERS = {"ms_train": ms_train, "torch_train": torch_train, "ms_decode": ms_decode, "torch_decode": torch_decode,
-           "matmul_peak": matmul_peak}
+           "matmul_peak": matmul_peak, "quant_decode": quant_decode}
 
 
 # ---------------------------------------------------------------- the parent: spawn, alternate, summarise
@@ -384,6 +390,8 @@ def build_parser():
     ap.add_argument("--serve", metavar="RUN", help="instead: load-test `python -m mindllm.serve RUN` (loadtest.py)")
     ap.add_argument("--speculative", metavar="RUN", help="instead: speculative decoding of RUN against plain decoding "
                                                           "(k = 1..8, each --draft; speculative.py)")
+    ap.add_argument("--quant", metavar="RUN", help="instead: RUN's weights quantized by each scheme against float32 "
+                                                    "(loss, size, tokens/s, memory; quant/measure.py)")
     ap.add_argument("--draft", action="append", default=[], help="--speculative: a draft run (repeat for several)")
     ap.add_argument("--temperature", type=float, default=0.0, help="--speculative: decoding temperature")
     ap.add_argument("--clients", type=int, default=8, help="--serve: concurrent clients")
@@ -408,6 +416,8 @@ def main(argv=None) -> None:
         return _write(args.out, "serve", result, loadtest.markdown(result))
     if args.speculative:
         return speculative_bench(args)
+    if args.quant:
+        return quant_bench(args)
     from . import kernels
 
     args.kernels = args.kernels or kernels.mode()  # mode() checks $MINDLLM_KERNELS: one line, not a worker's traceback
@@ -439,6 +449,16 @@ def speculative_bench(args) -> None:
                                                           repeats=args.repeats, temperature=args.temperature,
                                                           log=lambda msg: print(msg, file=sys.stderr, flush=True))}
     _write(args.out, "speculative", result, speculative.markdown(result))
+
+
+def quant_bench(args) -> None:
+    from . import device
+    from .quant import measure
+
+    device.setup(device.context_for("CPU"), 0)
+    result = {"machine": machine(), **measure.measure(args.quant, new_tokens=args.new_tokens, repeats=args.repeats,
+                                                        log=lambda msg: print(msg, file=sys.stderr, flush=True))}
+    _write(args.out, "quant", result, measure.markdown(result))
 
 
 def _write(out: str, name: str, result: dict, table: str) -> None:

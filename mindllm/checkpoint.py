@@ -72,9 +72,10 @@ def _reason(e: Exception) -> str:
 def _write(tmp: str, model, optimizer, state: dict) -> None:
     os.makedirs(tmp)
     model_arrays = named_arrays(model)
-    files = {"model.safetensors": model_arrays,
-             # the optimizer also lists the model's weights; store only its own state (moments, global_step)
-             "optimizer.safetensors": named_arrays(optimizer, skip=optimizer_skip(optimizer, model_arrays))}
+    files = {"model.safetensors": model_arrays}
+    if optimizer is not None:  # None: a model that does not train on (a quantized run)
+        # the optimizer also lists the model's weights; store only its own state (moments, global_step)
+        files["optimizer.safetensors"] = named_arrays(optimizer, skip=optimizer_skip(optimizer, model_arrays))
     state["files"] = {}
     for fname, arrays in files.items():
         path = os.path.join(tmp, fname)

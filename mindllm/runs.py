@@ -21,6 +21,7 @@ from .config import Config, from_dict, read_yaml
 from .data import load_tokenizer
 from .errors import UserError
 from .files import sha256
+from .quant import layers as quant_layers
 
 CONFIG, TOKENIZER, METRICS, LOCK = "config.yaml", "tokenizer.json", "metrics.jsonl", ".lock"
 
@@ -84,6 +85,17 @@ def check_same_run(cfg: Config, saved: dict, where: str) -> None:
                             f"train into a new out_dir")
 
 
+def restore(model, out_dir: str, ckpt: str) -> dict:
+    """Load a checkpoint's weights into a freshly built model; returns its state. A quantized run (written by
+    `python -m mindllm.quant`, its state.json says how) first gets its Linears swapped for quantized ones."""
+    weights, _, state = read_checkpoint(ckpt)
+    verify_files(out_dir, state, ckpt)
+    if state.get("quant"):
+        quant_layers.swap_in(model, state["quant"])
+    load_arrays(model, weights, ckpt)
+    return state
+
+
 def load_model(path: str):
     """(model, tokenizer, config) of a language-model run (out_dir or a ckpt/step_* dir), in eval mode."""
     out_dir, ckpt = locate(path)
@@ -94,9 +106,7 @@ def load_model(path: str):
                         f"instruct run)")
     tokenizer = load_tokenizer(os.path.join(out_dir, TOKENIZER))
     model = task.language_model(cfg, tokenizer)
-    weights, _, state = read_checkpoint(ckpt)
-    verify_files(out_dir, state, ckpt)
-    load_arrays(model, weights, ckpt)
+    restore(model, out_dir, ckpt)
     model.set_train(False)
     return model, tokenizer, cfg
 
@@ -108,9 +118,7 @@ def load_trained(out_dir: str, cfg: Config | None = None):
     cfg = cfg or read_config(run_dir)
     cfg.out_dir, cfg.resume = run_dir, True  # resume: reuse the run's tokenizer file instead of training a new one
     task = tasks.build(cfg)
-    weights, _, state = read_checkpoint(ckpt)
-    verify_files(run_dir, state, ckpt)
-    load_arrays(task.model, weights, ckpt)
+    restore(task.model, run_dir, ckpt)
     kernels.fuse(task.model)  # as training ran it (on CPU)
     task.model.set_train(False)
     return task, cfg

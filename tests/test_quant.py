@@ -1,4 +1,6 @@
 """Weight quantization against numbers worked by hand and the bounds the schemes promise."""
+import os
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,132 @@ def test_outlier_dimensions_break_absmax_and_the_decomposition_fixes_it():
     err_plain, err_mixed = np.abs(plain - exact).mean(), np.abs(mixed - exact).mean()
     assert err_mixed < err_plain / 5, (err_plain, err_mixed)
     assert err_mixed < 0.01 * np.abs(exact).mean()
+
+
+# ---------------------------------------------------------------- the quantized layer, runs and the command line
+
+SPECS = [{"bits": 8, "scheme": "per_tensor", "symmetric": True}, {"bits": 8, "scheme": "per_channel", "symmetric": True},
+         {"bits": 8, "scheme": "per_channel", "symmetric": False},
+         {"bits": 4, "scheme": "group", "group_size": 16, "symmetric": True},
+         {"bits": 4, "scheme": "group", "group_size": 16, "symmetric": False}]
+
+
+@pytest.mark.parametrize("out_in", [False, True], ids=["in_out", "out_in"])
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s['bits']}{s['scheme']}{'' if s['symmetric'] else '_zp'}")
+def test_quant_linear_equals_numpy_dequantized_matmul(spec, out_in):
+    """The MindSpore layer (INT4 unpacked from nibbles in the graph) against x @ dequantize(quantize(w)) + b in numpy,
+    for GPT-2's (in, out) and PyTorch's (out, in) weight layouts."""
+    from mindspore import Tensor
+
+    from mindllm.models.layers import Linear
+    from mindllm.quant.layers import QuantLinear
+    from mindllm.quant.schemes import GRANULARITIES  # noqa: F401 (the schemes the layer maps onto)
+
+    rng = np.random.default_rng(3)
+    base = Linear(48, 24, bias=True, out_in=out_in)
+    w = (rng.normal(size=(48, 24)) * rng.uniform(0.1, 2, size=24)).astype(np.float32)  # (in, out)
+    b = rng.normal(size=24).astype(np.float32)
+    base.weight.set_data(Tensor(w.T.copy() if out_in else w))
+    base.bias.set_data(Tensor(b))
+    q = QuantLinear(base, spec)
+    q.set_from(w, spec)
+    gran = {"per_tensor": "tensor", "per_channel": "channel", "group": "group"}[spec["scheme"]]
+    w_hat = dequantize(quantize(w, bits=spec["bits"], granularity=gran, symmetric=spec["symmetric"],
+                                group_size=spec.get("group_size", 128)))
+    x = rng.normal(size=(2, 5, 48)).astype(np.float32)
+    np.testing.assert_allclose(q(Tensor(x)).asnumpy(), x @ w_hat + b, rtol=1e-5, atol=1e-5)
+    assert q.weight.dtype == (ms_uint8() if spec["bits"] == 4 else ms_int8())
+    assert q.weight.shape == ((24, 24) if spec["bits"] == 4 else (48, 24))  # two int4 codes per byte
+
+
+def ms_int8():
+    import mindspore as ms
+    return ms.int8
+
+
+def ms_uint8():
+    import mindspore as ms
+    return ms.uint8
+
+
+@pytest.fixture(scope="module")
+def float_run(tmp_path_factory, small_corpus):
+    from mindllm.config import load_config
+    from mindllm.train import train
+
+    from conftest import TINY
+
+    out = tmp_path_factory.mktemp("quant") / "gpt"
+    train(load_config(None, TINY + [f"data.corpus={small_corpus}", f"out_dir={out}", "train.max_iters=60",
+                                    "train.lr=0.01"]), log=lambda *a: None)
+    return str(out)
+
+
+def quantize_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "mindllm.quant", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("spec_args", [["--bits", "8", "--scheme", "per_channel"],
+                                       ["--bits", "4", "--scheme", "group", "--group-size", "16"]])
+def test_quantized_run_is_the_float_model_with_dequantized_weights(float_run, tmp_path, spec_args):
+    """The oracle: the float model with each Linear's weight replaced by numpy's dequantize(quantize(w)). The
+    quantized run loaded from disk must give its logits; the checkpoint must shrink; the loss barely move."""
+    from mindspore import Tensor
+
+    from mindllm import runs
+    from mindllm.quant.measure import lm_loss
+
+    p = quantize_cli(float_run, *spec_args, "--out", str(tmp_path / "q"))
+    assert p.returncode == 0, p.stderr
+    assert "smaller" in p.stdout
+    qmodel, _, _ = runs.load_model(str(tmp_path / "q"))
+    ref, _, _ = runs.load_model(float_run)
+    bits, saved = int(spec_args[1]), 0
+    for name, cell in ref.cells_and_names():
+        if type(cell).__name__ in ("Linear", "FusedLinear"):
+            t = quantize(cell.weight.asnumpy(), bits=bits, granularity="channel" if bits == 8 else "group",
+                         group_size=16)
+            cell.weight.set_data(Tensor(dequantize(t)))
+            saved += cell.weight.size * 4 - (t.q.size * bits // 8 + 2 * t.scale.size * 4)  # codes, scale, zero
+    x = np.random.default_rng(0).integers(0, ref.config.vocab_size, (2, 16)).astype(np.int32)
+    np.testing.assert_allclose(qmodel(Tensor(x)).asnumpy(), ref(Tensor(x)).asnumpy(), rtol=1e-4, atol=1e-4)
+    size = lambda run: os.path.getsize(os.path.join(runs.locate(run)[1], "model.safetensors"))  # noqa: E731
+    # the file shrinks by what the Linears save, give or take safetensors' JSON header (embeddings stay float)
+    assert abs(size(float_run) - size(str(tmp_path / "q")) - saved) < 2000, (size(float_run), saved)
+    task, _ = runs.load_trained(float_run)
+    floss, qloss = lm_loss(runs.load_model(float_run)[0], task.eval_batches["val"]), lm_loss(qmodel,
+                                                                                             task.eval_batches["val"])
+    assert abs(qloss - floss) < (0.02 if bits == 8 else 0.15), (floss, qloss)
+
+
+def test_sample_reads_a_quantized_run(float_run, tmp_path):
+    import subprocess
+    import sys
+
+    assert quantize_cli(float_run, "--out", str(tmp_path / "q8")).returncode == 0
+    p = subprocess.run([sys.executable, "-m", "mindllm.sample", "--ckpt", str(tmp_path / "q8"), "--prompt", "KING",
+                        "--max-new-tokens", "20", "--temperature", "0"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("KING") and len(p.stdout.strip()) > len("KING")
+
+
+def test_bad_input_is_one_line_and_exit_2(float_run, tmp_path):
+    q8 = str(tmp_path / "q8")
+    assert quantize_cli(float_run, "--out", q8).returncode == 0
+    cases = {"already quantized": [q8, "--out", str(tmp_path / "x")],
+             "only 8 (int8) and 4": [float_run, "--bits", "3", "--out", str(tmp_path / "x")],
+             "needs --scheme group": [float_run, "--bits", "4", "--out", str(tmp_path / "x")],
+             "choose one of": [float_run, "--scheme", "fancy", "--out", str(tmp_path / "x")],
+             "does not divide": [float_run, "--bits", "4", "--scheme", "group", "--group-size", "6",
+                                 "--out", str(tmp_path / "x")],
+             "exists": [float_run, "--out", q8],
+             "not found": [str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
+             "the run itself": [float_run, "--out", float_run, "--force"]}
+    for expect, args in cases.items():
+        p = quantize_cli(*args)
+        assert p.returncode == 2 and expect in p.stderr, (args, p.stderr)
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not os.path.exists(tmp_path / "x")
