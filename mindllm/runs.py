@@ -96,6 +96,14 @@ def restore(model, out_dir: str, ckpt: str) -> dict:
     return state
 
 
+def require_float(path: str, purpose: str) -> None:
+    """Refuse a quantized run where training would start from it: its int8 weights do not train."""
+    state = read_checkpoint(locate(path)[1])[2]
+    if state.get("quant"):
+        raise UserError(f"'{path}' is a quantized run (for inference); {purpose} from the float run it was made "
+                        f"from: {state.get('quantized_from', 'see its ckpt state.json')}")
+
+
 def load_model(path: str):
     """(model, tokenizer, config) of a language-model run (out_dir or a ckpt/step_* dir), in eval mode."""
     out_dir, ckpt = locate(path)

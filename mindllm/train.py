@@ -121,6 +121,8 @@ def build_task(cfg, dist) -> tasks.Task:
 
 def prepare(cfg, log, target: str, dist) -> Run:
     existing = existing_checkpoint(cfg)
+    if existing:
+        runs.require_float(existing, "train")  # before the data: int8 weights do not train
     task = build_task(cfg, dist)
     model = kernels.fuse(task.model)  # on CPU: fused kernels in place of some plain layers, same weights
     optimizer = build_optimizer(model, cfg.train)

@@ -6,6 +6,8 @@ import pytest
 
 from mindllm.quant.schemes import dequantize, quantize
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_absmax_per_tensor_by_hand():
     """max|w| = 2.54 -> scale 0.02; 1.0 / 0.02 = 50, -2.54 -> -127, 0.011 -> round(0.55) = 1."""
@@ -193,7 +195,7 @@ def test_sample_reads_a_quantized_run(float_run, tmp_path):
     assert p.stdout.startswith("KING") and len(p.stdout.strip()) > len("KING")
 
 
-def test_bad_input_is_one_line_and_exit_2(float_run, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(float_run, tmp_path, small_corpus):
     q8 = str(tmp_path / "q8")
     assert quantize_cli(float_run, "--out", q8).returncode == 0
     cases = {"already quantized": [q8, "--out", str(tmp_path / "x")],
@@ -210,3 +212,13 @@ def test_bad_input_is_one_line_and_exit_2(float_run, tmp_path):
         assert p.returncode == 2 and expect in p.stderr, (args, p.stderr)
         assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not os.path.exists(tmp_path / "x")
+    # training refuses to start from, or resume into, int8 weights
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    for args in ([os.path.join(ROOT, "configs/instruct_lora_gpt_bpe.yaml"), f"instruct.init={q8}",
+                  f"out_dir={tmp_path / 'x'}"], [*TINY, f"data.corpus={small_corpus}", f"out_dir={q8}", "resume=true"]):
+        p = subprocess.run([sys.executable, "-m", "mindllm.train", *args], capture_output=True, text=True)
+        assert p.returncode == 2 and "quantized run" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -52,6 +52,7 @@ def check(cfg) -> None:
 
 
 def _from_run(cfg, n_classes: int):
+    runs.require_float(cfg.options.init, "fine-tune")
     pre, _ = runs.load_trained(cfg.options.init)
     if not isinstance(pre.model, BertForPreTraining):
         raise UserError(f"classify.init='{cfg.options.init}' is a {type(pre.model).__name__} run; fine-tuning "

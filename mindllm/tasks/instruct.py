@@ -76,6 +76,7 @@ def build(cfg) -> Task:
     if not os.path.isfile(os.path.join(init, runs.CONFIG)):
         raise UserError(f"instruct.init='{init}' is not a mindllm run directory (no {runs.CONFIG}); train the GPT "
                         f"first")
+    runs.require_float(init, "instruction-tune")
     model, tokenizer, _ = runs.load_model(init)
     tokenizer.save(os.path.join(cfg.out_dir, runs.TOKENIZER))
     # the starting point, for the before/after answers: copies, since asnumpy() shares memory with the Parameters
