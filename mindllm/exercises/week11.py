@@ -1,6 +1,8 @@
-"""Week 11 exercises: serving (notebook 11_serving). The references are the package's own: `TextStream` (the text a
+"""Week 11 exercises. Serving (notebook 11_serving): the references are the package's own `TextStream` (the text a
 stream may show so far, for byte-level tokens and for stop strings), `render_chat` and `fit_history` (the
 conversation as the prompt, fitted to the context window) and `parse_events` (a client reading server-sent events).
+Inference (notebook 11_inference): `quant.schemes.quantize` (absmax per channel, zero point per tensor),
+`quant.llm_int8.int8_matmul` and `speculative.verify` (the acceptance rule).
 Every check draws fresh random cases from a seeded generator, with the edge cases that break a first attempt."""
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ import numpy as np
 
 from .. import engine
 from ..engine import TextStream
+from ..quant.llm_int8 import int8_matmul as ref_int8_matmul
+from ..quant.schemes import quantize
 from ..serve import parse_events
-from .core import Mismatch, exercise, expect_equal
+from ..speculative import verify
+from .core import Mismatch, exercise, expect_close, expect_equal
 
 
 class ByteTokenizer:
@@ -150,5 +155,117 @@ def stop_strings(student) -> int:
                 raise Mismatch(f"{what}: return a list of the strings shown, one per step (then the rest)")
             expect_equal("".join(got), "".join(want_pieces), what + ", the text shown in all")
             expect_equal([p for p in got if p], [p for p in want_pieces if p], what + ", piece by piece")
+            n += 1
+    return n
+
+
+# ---------------------------------------------------------------- notebook 11_inference
+
+def _weights(rng, n_in: int, n_out: int, shift: float = 0.0) -> np.ndarray:
+    """Columns of unequal size (as real layers have), optionally off-centre, with an exact zero and a tie."""
+    w = rng.normal(size=(n_in, n_out)) * rng.uniform(0.05, 2.0, size=n_out) + shift
+    w[0, 0] = 0.0
+    return w.astype(np.float32)
+
+
+@exercise("week11.absmax_per_channel",
+          hint="per output column j: scale_j = max_i |w_ij| / (2^(bits-1) - 1); q = round(w / scale), clipped to "
+               "±(2^(bits-1) - 1), as int8; return (q, scale) with scale of shape (1, n_out); a column of zeros "
+               "must not divide by 0 (floor the scale at a tiny number)")
+def absmax_per_channel(student) -> int:
+    rng = np.random.default_rng(116)
+    n = 0
+    for n_in, n_out, bits in [(4, 3, 8), (16, 8, 8), (64, 32, 8), (8, 5, 4), (1, 7, 8)]:
+        w = _weights(rng, n_in, n_out)
+        ref = quantize(w, bits=bits, granularity="channel", axis=1)
+        got = student(w.copy(), bits)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise Mismatch("my_absmax_per_channel must return (q, scale)")
+        q, scale = got
+        what = f"my_absmax_per_channel of a {n_in}x{n_out} weight at {bits} bits"
+        expect_close(np.asarray(scale).reshape(1, -1), ref.scale, what + ", the scales", rtol=1e-6)
+        expect_equal(np.asarray(q).astype(np.int64), ref.q.astype(np.int64), what + ", the codes")
+        n += 1
+    return n
+
+
+@exercise("week11.zero_point",
+          hint="one range for the tensor, widened to include 0: lo = min(w.min(), 0), hi = max(w.max(), 0); "
+               "scale = (hi - lo) / (2^bits - 1); zero = qmin - round(lo / scale) with qmin = -2^(bits-1); "
+               "q = clip(round(w / scale) + zero, qmin, 2^(bits-1) - 1)")
+def zero_point(student) -> int:
+    rng = np.random.default_rng(117)
+    n = 0
+    for n_in, n_out, bits, shift in [(4, 3, 8, 0.0), (16, 8, 8, 1.5), (32, 4, 8, -0.7), (8, 8, 4, 0.3),
+                                     (5, 5, 8, 3.0)]:
+        w = _weights(rng, n_in, n_out, shift)
+        ref = quantize(w, bits=bits, granularity="tensor", symmetric=False)
+        got = student(w.copy(), bits)
+        if not (isinstance(got, tuple) and len(got) == 3):
+            raise Mismatch("my_zero_point must return (q, scale, zero)")
+        q, scale, zero = got
+        what = f"my_zero_point of a {n_in}x{n_out} weight (mean {w.mean():+.2f}) at {bits} bits"
+        expect_close(float(np.ravel(scale)[0]), float(ref.scale.ravel()[0]), what + ", the scale", rtol=1e-6)
+        expect_equal(int(np.ravel(zero)[0]), int(ref.zero.ravel()[0]), what + ", the zero point")
+        expect_equal(np.asarray(q).astype(np.int64), ref.q.astype(np.int64), what + ", the codes")
+        n += 1
+    return n
+
+
+@exercise("week11.int8_matmul",
+          hint="outlier columns of x: any |x| > threshold; multiply those columns (and the same rows of w) in "
+               "float; quantize the rest: x per row, w per column (absmax, 127 levels), multiply the codes as "
+               "integers, scale back by sx * sw; add the two parts")
+def int8_matmul(student) -> int:
+    rng = np.random.default_rng(118)
+    n = 0
+    for rows, inner, out, outliers, threshold in [(3, 8, 4, [], 6.0), (16, 64, 32, [5], 6.0),
+                                                  (8, 32, 16, [0, 31], 6.0), (4, 16, 8, [3, 4, 5], 2.0),
+                                                  (6, 24, 12, [7], np.inf)]:
+        x = rng.normal(size=(rows, inner)).astype(np.float32)
+        x[:, outliers] *= 40.0
+        w = (rng.normal(size=(inner, out)) * 0.1).astype(np.float32)
+        want, _ = ref_int8_matmul(x, w, threshold)
+        expect_close(student(x.copy(), w.copy(), threshold), want,
+                     f"my_int8_matmul with {len(outliers)} outlier dimension(s), threshold {threshold}",
+                     rtol=1e-4, atol=1e-5)
+        n += 1
+    return n
+
+
+class _FixedDraw:
+    """The package's verify() with its random number fixed to u; records the residual it would sample from."""
+
+    def __init__(self, u: float):
+        self.u, self.residual = u, None
+
+    def random(self) -> float:
+        return self.u
+
+    def choice(self, n, p):
+        self.residual = np.asarray(p)
+        return int(np.argmax(p))
+
+
+@exercise("week11.speculative_verify",
+          hint="keep x when u < min(1, p[x] / q[x]) and return None; else return max(p - q, 0) divided by its sum")
+def speculative_verify(student) -> int:
+    rng = np.random.default_rng(119)
+    n = 0
+    for vocab in (2, 3, 5, 10, 50):
+        for _ in range(4):
+            p, q = rng.dirichlet(np.ones(vocab)), rng.dirichlet(np.ones(vocab))
+            x, u = int(rng.choice(vocab, p=q)), float(rng.random())
+            draw = _FixedDraw(u)
+            kept = verify(p, q, x, False, draw) is None
+            got = student(p.copy(), q.copy(), x, u)
+            what = f"my_verify with p[x] = {p[x]:.3f}, q[x] = {q[x]:.3f}, u = {u:.3f}"
+            if kept:
+                if got is not None:
+                    raise Mismatch(f"{what}: the draft's token is kept (u < p[x] / q[x]); return None")
+            elif got is None:
+                raise Mismatch(f"{what}: the draft's token is rejected (u >= p[x] / q[x]); return the residual")
+            else:
+                expect_close(got, draw.residual, what + ", the residual distribution", rtol=1e-6)
             n += 1
     return n
