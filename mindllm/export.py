@@ -108,6 +108,8 @@ def export_model(model, tokenizer_path: str, out: str, batch: int = 1) -> dict:
     model.set_train(False)
     cfg = model.config
     os.makedirs(out, exist_ok=True)
+    if os.path.exists(os.path.join(out, MANIFEST)):  # --force: until the new one is written, the folder is unfinished
+        os.remove(os.path.join(out, MANIFEST))
     idx = Tensor(sample_window(cfg.vocab_size, batch, cfg.block_size))
     prefill = Prefill(model)
     _, k, v = prefill(idx)  # run once: the cache's real shape and dtype, whatever the architecture
