@@ -105,6 +105,9 @@ def _export(cell, inputs, path: str) -> None:
 def export_model(model, tokenizer_path: str, out: str, batch: int = 1) -> dict:
     """Write prefill.mindir, decode.mindir, tokenizer.json and export.json into `out`; returns the manifest.
     The manifest is written last: a folder without it is an interrupted export, which load_exported refuses."""
+    if any(type(c).__module__.endswith("kernels.fused") for _, c in model.cells_and_names()):
+        raise UserError("the model's layers are fused CPU kernels (a library on this machine, not portable in a "
+                        "graph); export a model fresh from runs.load_model, before sampling with it")
     model.set_train(False)
     cfg = model.config
     os.makedirs(out, exist_ok=True)

@@ -111,6 +111,15 @@ def test_decode_graph_fed_its_own_cache_gives_the_models_logits(exported, arch):
     assert len(set(full[:, 4:].argmax(-1).ravel().tolist())) > 1  # the positions really differ
 
 
+def test_a_fused_model_is_refused(trained, tmp_path):
+    model, _, _ = runs.load_model(trained("gpt"))
+    generate(model, np.zeros((1, 1), np.int32), 1)  # sampling fuses the layers (on CPU, where the kernels build)
+    if not any("Fused" in type(c).__name__ for _, c in model.cells_and_names()):
+        pytest.skip("the fused CPU kernels did not build here")
+    with pytest.raises(UserError, match="fused"):
+        export_model(model, os.path.join(trained("gpt"), "tokenizer.json"), str(tmp_path / "x"))
+
+
 def test_text_prompt_from_the_folder_alone(exported, tmp_path):
     run, folder = exported("gpt")
     moved = shutil.copytree(folder, tmp_path / "elsewhere")  # no run directory needed
