@@ -222,3 +222,29 @@ def test_bad_input_is_one_line_and_exit_2(float_run, tmp_path, small_corpus):
                   f"out_dir={tmp_path / 'x'}"], [*TINY, f"data.corpus={small_corpus}", f"out_dir={q8}", "resume=true"]):
         p = subprocess.run([sys.executable, "-m", "mindllm.train", *args], capture_output=True, text=True)
         assert p.returncode == 2 and "quantized run" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s['bits']}{s['scheme']}{'' if s['symmetric'] else '_zp'}")
+def test_fused_quant_kernel_equals_the_plain_layer(spec):
+    """kernels' QuantMatmul (the codes read directly, no float weight built) against QuantLinear's dequantize-then-
+    matmul, on a batch of rows (prefill) and on one row (a decoding step)."""
+    from mindspore import Tensor
+
+    from mindllm import kernels
+    from mindllm.kernels.fused import FusedQuantLinear
+    from mindllm.models.layers import Linear
+    from mindllm.quant.layers import QuantLinear
+
+    k = kernels.fused()
+    if k is None:
+        pytest.skip("the fused CPU kernels did not build here")
+    rng = np.random.default_rng(5)
+    w = (rng.normal(size=(64, 40)) * rng.uniform(0.1, 2, size=40) + 0.3).astype(np.float32)
+    base = Linear(64, 40, bias=True)
+    base.bias.set_data(Tensor(rng.normal(size=40).astype(np.float32)))
+    plain = QuantLinear(base, spec)
+    plain.set_from(w, spec)
+    fused = FusedQuantLinear(plain, k)
+    for shape in [(3, 7, 64), (1, 1, 64)]:
+        x = Tensor(rng.normal(size=shape).astype(np.float32))
+        np.testing.assert_allclose(fused(x).asnumpy(), plain(x).asnumpy(), rtol=1e-4, atol=1e-4)

@@ -131,6 +131,8 @@ class Kernels:
             lambda *a: (f32, f32, f32))
         self.decode_block = op(  # a whole GPT block for one decoding step: no bprop
             "DecodeBlock", lambda x, *rest: (x, rest[12], rest[13]), lambda *a: (f32, f32, f32))
+        self.quant_matmul = op(  # a quantized run's Linear: no bprop (int8 weights do not train)
+            "QuantMatmul", lambda x, q, s, z: x[:-1] + [q[1]], lambda *a: f32)
         self.add_bias = op("AddBias", lambda x, b: x, lambda x, b: f32, bias_bprop)
         self.causal_softmax = op("CausalSoftmaxFwd", lambda x, s: x, lambda x, s: f32, softmax_bprop)
 

@@ -262,3 +262,48 @@ AOT DecodeBlock(ARGS) {
   delete[] f;
   return 0;
 }
+
+// ---- y = x @ ((q - zero) * scale) for a quantized run's Linear (no backward: int8 weights do not train), without
+// building the float weight: per group of inputs g, sum_k x_k q_kn first, then scale_gn * (that - zero_gn * sum_k x_k).
+// x (..., K) float; q (K, N) int8, or (K/2, N) uint8 holding int4 codes + 8 (row k < K/2 in the low nibble, row
+// k + K/2 in the high one); scale, zero (G, 1, N) or (G, 1, 1); y (..., N). Reads 1 byte (or half) per weight.
+AOT QuantMatmul(ARGS) {
+  const float *x = (const float *)params[0], *scale = (const float *)params[2], *zero = (const float *)params[3];
+  float *y = (float *)params[4];
+  const int64_t K = shapes[0][ndims[0] - 1], M = numel(ndims[0], shapes[0]) / K;
+  const int64_t Kq = shapes[1][0], N = shapes[1][1], G = shapes[2][0], Ns = shapes[2][2], gsz = K / G;
+  const bool int4 = Kq * 2 == K;
+  float *acc = new float[N];
+  for (int64_t m = 0; m < M; ++m) {
+    const float *xr = x + m * K;
+    float *out = y + m * N;
+    for (int64_t n = 0; n < N; ++n) out[n] = 0.f;
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t n = 0; n < N; ++n) acc[n] = 0.f;
+      float xs = 0.f;
+      for (int64_t k = g * gsz; k < (g + 1) * gsz; ++k) {
+        const float xv = xr[k];
+        xs += xv;
+        if (int4) {
+          const uint8_t *row = (const uint8_t *)params[1] + (k < Kq ? k : k - Kq) * N;
+          const int shift = k < Kq ? 0 : 4;
+#pragma omp simd
+          for (int64_t n = 0; n < N; ++n) acc[n] += xv * (float)(((row[n] >> shift) & 15) - 8);
+        } else {
+          const int8_t *row = (const int8_t *)params[1] + k * N;
+#pragma omp simd
+          for (int64_t n = 0; n < N; ++n) acc[n] += xv * (float)row[n];
+        }
+      }
+      const float *s = scale + g * Ns, *z = zero + g * Ns;
+      if (Ns == N) {
+#pragma omp simd
+        for (int64_t n = 0; n < N; ++n) out[n] += s[n] * (acc[n] - xs * z[n]);
+      } else {
+        for (int64_t n = 0; n < N; ++n) out[n] += s[0] * (acc[n] - xs * z[0]);
+      }
+    }
+  }
+  delete[] acc;
+  return 0;
+}
