@@ -253,6 +253,29 @@ def test_two_runs_side_by_side(trained_run, tmp_path, small_corpus, capsys):
     assert os.path.exists(other / "card.md") and os.path.exists(other / "card.json")
 
 
+@pytest.mark.slow
+def test_instruct_run_card(tmp_path, small_corpus):
+    """An instruction-tuned run: held-out loss and bits per byte of the answers, the answers' word F1, exact match
+    and ROUGE-L beside the model before tuning; no cloze (its held-out text is Q/A records)."""
+    pre = tmp_path / "pre"
+    train(load_config(None, TINY + [f"data.corpus={small_corpus}", f"out_dir={pre}", "data.tokenizer=bpe",
+                                    "data.vocab_size=300", "model.block_size=96", "train.max_iters=5"]),
+          log=lambda *a: None)
+    cfg = load_config(os.path.join(ROOT, "configs/instruct_lora_gpt_bpe.yaml"), [
+        f"instruct.init={pre}", f"out_dir={tmp_path / 'chat'}", "peft.method=none", "train.lr=0.02",
+        "train.warmup_iters=0", "train.max_iters=20", "train.batch_size=8", "train.eval_iters=1",
+        "train.eval_interval=20", "instruct.test_examples=3", "train.progress=false"])
+    summary = train(cfg, log=lambda *a: None)
+    main([str(tmp_path / "chat"), "--limit", "5"])
+    metrics = {m["name"]: m for m in json.loads(read(str(tmp_path / "chat" / "eval.json")))["metrics"]}
+    assert not any("cloze" in name for name in metrics)
+    assert metrics["val loss (nats/token)"]["value"] == pytest.approx(summary["val_loss"], rel=1e-5)
+    for name in ("answer word F1", "answer exact match", "answer ROUGE-L"):
+        assert set(metrics[name]["baselines"]) == {"before tuning", "most frequent training answer"}
+        assert 0 <= metrics[name]["value"] <= 1
+    assert metrics["answer word F1"]["value"] == pytest.approx(summary["answer_f1"])  # the task's own final test
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "mindllm.eval", *args], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": ROOT}, check=False)

@@ -6,9 +6,10 @@ import os
 
 from ..files import write_text_atomic
 
-LEGEND = ("↑/↓: higher/lower is better. untrained: the same config freshly initialised (seeded); uniform: every "
-          "token equally likely; unigram: training-split token frequencies, no context; chance: one option of the "
-          "multiple choice at random.")
+LEGEND = ("↑/↓: higher/lower is better. untrained: the weights training started from (the run's config built "
+          "afresh, seeded; for a fine-tuning run, the model it tuned); uniform: every token equally likely; unigram: "
+          "training-split token frequencies, no context; chance: one option of the multiple choice at random; other "
+          "columns: the task's own trivial answers.")
 
 
 def fmt(value) -> str:
