@@ -54,6 +54,8 @@ def perplexity_part(trained, fresh, language_model: bool) -> list[dict]:
 
 def cloze_part(trained, fresh, cfg, limit: int) -> tuple[list[dict], dict]:
     items = cloze.build_items(cfg, trained.tokenizer, limit)
+    if not items:  # a held-out text without a blank to ask about
+        return [], {"items": 0}
     rows = sum(len(it.options) for it in items)
     with bar("cloze", 2 * rows) as b:
         ours = choice.accuracy(trained.model, trained.tokenizer, items, progress=b.update)

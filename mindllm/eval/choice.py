@@ -61,18 +61,17 @@ def option_logprobs(model, tokenizer, rows, graph: bool = True, progress=None) -
 
 
 def accuracy(model, tokenizer, items, graph: bool = True, progress=None) -> dict:
-    """acc and acc_norm over the items (ties go to the first option; the answer's place is random)."""
+    """acc and acc_norm over the items (ties go to the first option; the answer's place is random), and the mean
+    log-probability of the right options."""
     rows = [(it.context, o) for it in items for o in it.options]
     scores = option_logprobs(model, tokenizer, rows, graph, progress)
+    ends = np.cumsum([len(it.options) for it in items])
     hit = hit_norm = 0
-    i = 0
-    for it in items:
-        s = scores[i:i + len(it.options)]
-        i += len(it.options)
+    right = []
+    for it, s in zip(items, np.split(scores, ends[:-1])):
         n_bytes = np.array([len(o.encode("utf-8")) for o in it.options])
         hit += int(np.argmax(s) == it.answer)
         hit_norm += int(np.argmax(s / n_bytes) == it.answer)
-    n = max(len(items), 1)
-    return {"acc": hit / n, "acc_norm": hit_norm / n, "items": len(items),
-            "mean_answer_logprob": float(np.mean([scores[k * len(it.options) + it.answer]
-                                                  for k, it in enumerate(items)])) if items else 0.0}
+        right.append(s[it.answer])
+    n = len(items)
+    return {"acc": hit / n, "acc_norm": hit_norm / n, "items": n, "mean_answer_logprob": float(np.mean(right))}
