@@ -114,9 +114,9 @@ def test_token_bytes_add_up_to_the_text():
 # --- cloze items and their scorer ------------------------------------------------------------------------------------
 
 
-def corpus_cfg(path, block=64):
+def corpus_cfg(path):
     return SimpleNamespace(data=SimpleNamespace(corpus=str(path), val_fraction=0.1),
-                           model=SimpleNamespace(block_size=block))
+                           model=SimpleNamespace(block_size=64))
 
 
 @pytest.fixture(scope="module")

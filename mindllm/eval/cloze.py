@@ -13,7 +13,7 @@ import numpy as np
 from ..data import load_corpus
 from ..data.dataset import split_text
 from ..evaluate import _CJK
-from .choice import Item
+from .choice import CONTEXT_TOKENS, Item
 
 N_OPTIONS = 4
 POOL = 4000  # the most frequent training units that can be answers or distractors
@@ -71,16 +71,17 @@ def make_item(val: str, blank, pool, rng, context_chars: int) -> Item | None:
 
 
 def build_items(cfg, tokenizer, limit: int, seed: int = 0) -> list[Item]:
-    """`limit` items (fewer if the held-out text has fewer blanks), the same for every run of this corpus and
-    tokenizer: seeded, and spread over the whole held-out text."""
+    """`limit` items (fewer if the held-out text has fewer blanks), the same for every run of this corpus,
+    val_fraction and tokenizer: seeded, and spread over the whole held-out text."""
     train, val = split_text(load_corpus(cfg.data.corpus), cfg.data.val_fraction)
     chinese = is_chinese(val)
     pool = frequency_pool(train, chinese, tokenizer)
     rng = np.random.default_rng(seed)
     candidates = blanks(val, chinese)
     items = []
-    # characters of passage: enough to fill the context after cropping (a BPE token holds a few characters)
-    context_chars = 8 * cfg.model.block_size
+    # characters of passage: enough for the scorer's context (a BPE token holds a few characters); not tied to the
+    # run's block_size, so runs of one corpus and tokenizer answer the same items
+    context_chars = 8 * CONTEXT_TOKENS
     for k in rng.permutation(len(candidates)):
         item = make_item(val, candidates[k], pool, rng, context_chars)
         if item is not None:
