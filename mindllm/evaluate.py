@@ -1,5 +1,6 @@
 """Evaluation metrics, written out so they can be read: exact match, BLEU (tested against sacrebleu), accuracy,
-precision, recall, F1 and the confusion matrix (tested against scikit-learn)."""
+precision, recall, F1 and the confusion matrix (tested against scikit-learn), word F1, ROUGE-L (tested against
+rouge-score) and bits per byte."""
 from __future__ import annotations
 
 import math
@@ -80,3 +81,44 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = common / len(p), common / len(r)
     return 2 * precision * recall / (precision + recall)
+
+
+# rouge-score's tokenizer keeps only [a-z0-9] runs, so Chinese text would score as empty: here every CJK ideograph
+# is a token of its own (as word F1 above), and on text without ideographs the tokens equal rouge-score's
+_ROUGE_TOKENS = re.compile(f"[{_CJK}]|[a-z0-9]+")
+
+
+def rouge_words(text: str) -> list[str]:
+    """The tokens ROUGE-L compares: lower-cased runs of letters and digits, every CJK ideograph on its own."""
+    return _ROUGE_TOKENS.findall(text.lower())
+
+
+def lcs_length(a, b) -> int:
+    """Length of the longest common subsequence of two token lists (dynamic programming, one row at a time)."""
+    row = [0] * (len(b) + 1)
+    for x in a:
+        prev_diag = 0
+        for j, y in enumerate(b, 1):
+            prev_diag, row[j] = row[j], prev_diag + 1 if x == y else max(row[j], row[j - 1])
+    return row[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (Lin, 2004) of one text against its reference: with LCS the longest common subsequence of
+    their tokens, precision LCS/|prediction|, recall LCS/|reference|, F = 2PR/(P+R); 0 when either is empty (as
+    rouge-score)."""
+    p, r = rouge_words(prediction), rouge_words(reference)
+    lcs = lcs_length(p, r) if p and r else 0
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def bits_per_byte(total_nats: float, n_bytes: int) -> float:
+    """Cross-entropy summed over the tokens (in nats), in bits per UTF-8 byte of the text they encode: a model's
+    cost of the text itself, comparable across tokenizers (per-token loss is not: a BPE token holds more text than
+    a character)."""
+    if n_bytes <= 0:
+        raise ValueError("bits per byte of an empty text")
+    return total_nats / math.log(2) / n_bytes

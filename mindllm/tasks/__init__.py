@@ -14,6 +14,8 @@ A task module holds everything about its objective:
     build(cfg)     -> Task: the model, the batches, the loss and the evaluation
     report(summary) -> str: the lines `python -m mindllm.train` prints at the end
     SAMPLES        whether the trained model generates text (the loop then prints a sample)
+    CLOZE          whether `python -m mindllm.eval` can ask it multiple-choice questions from its corpus
+    HEADLINE       what `python -m mindllm.eval` reports of final_eval: (label, key, {baseline label: key}), ...
 """
 from __future__ import annotations
 

@@ -20,6 +20,9 @@ from .common import bert_config, compiled, loss_line, run_tokenizer, unigram_los
 
 ARCHS = ("bert",)
 SAMPLES = False
+CLOZE = False
+HEADLINE = (("masked-token accuracy", "mlm_accuracy", {"always the most frequent token": "frequent_token_accuracy"}),
+            ("next-sentence accuracy", "nsp_accuracy", {"majority": "nsp_majority"}))
 
 
 @dataclass

@@ -20,6 +20,8 @@ from .common import fixed_batches, loss_line, run_tokenizer, unigram_loss
 
 ARCHS = ("gpt", "llama")
 SAMPLES = True
+CLOZE = True  # the corpus it read is plain text: cloze items come from its held-out part
+HEADLINE = ()  # no final test of its own: perplexity and the cloze items say how good it is
 
 
 @dataclass

@@ -28,6 +28,9 @@ from .common import bert_config, compiled, fixed_batches, loss_line, run_tokeniz
 
 ARCHS = ("bert_classifier",)
 SAMPLES = False
+CLOZE = False
+HEADLINE = (("test accuracy", "test_accuracy", {"always the majority class": "majority_accuracy"}),
+            ("test macro F1", "test_f1", {"always the majority class": "majority_f1"}))
 
 
 @dataclass

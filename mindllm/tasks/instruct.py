@@ -18,7 +18,7 @@ from ..config import opt
 from ..data.dataset import IGNORE, RowBatches
 from ..data.instruct import encode_records, load_records, prompt_text, split_records
 from ..errors import UserError
-from ..evaluate import token_f1
+from ..evaluate import exact_match, rouge_l, token_f1
 from ..models.gpt import GPT
 from ..models.layers import cross_entropy
 from ..peft import add_peft, save_adapter
@@ -28,6 +28,10 @@ from .common import fixed_batches, loss_line, parameter_counts, unigram_loss
 
 ARCHS = ("gpt",)
 SAMPLES = True
+CLOZE = False  # its held-out text is question/answer records, scored by the answers themselves
+HEADLINE = tuple((f"answer {label}", f"answer_{key}", {"before tuning": f"pretrained_answer_{key}",
+                                                       "most frequent training answer": f"frequent_answer_{key}"})
+                 for label, key in (("word F1", "f1"), ("exact match", "exact_match"), ("ROUGE-L", "rouge_l")))
 LANGUAGES = {"instructions_en": "english", "instructions_zh": "chinese"}
 
 
@@ -110,14 +114,16 @@ def build(cfg) -> Task:
         # ties go to the answer seen first (a max over a set would depend on the per-process string hash)
         frequent = Counter(r["output"] for r in train_r).most_common(1)[0][0]
 
-        def f1(preds):
-            return float(np.mean([token_f1(p, g) for p, g in zip(preds, refs)]))
+        def scores(name, preds):
+            return {f"{name}_f1": float(np.mean([token_f1(p, g) for p, g in zip(preds, refs)])),
+                    f"{name}_exact_match": exact_match([p.strip() for p in preds], [g.strip() for g in refs]),
+                    f"{name}_rouge_l": float(np.mean([rouge_l(p, g) for p, g in zip(preds, refs)]))}
 
         extra = {}
         if method != "none":
             extra["adapter_bytes"] = save_adapter(model, os.path.join(cfg.out_dir, "adapter.safetensors"))
-        return {**extra, "answer_f1": f1(after), "pretrained_answer_f1": f1(before),
-                "frequent_answer_f1": f1([frequent] * len(refs)), "frequent_answer": frequent,
+        return {**extra, **scores("answer", after), **scores("pretrained_answer", before),
+                **scores("frequent_answer", [frequent] * len(refs)), "frequent_answer": frequent,
                 "questions_answered": len(refs),
                 "answers": [[r["instruction"], b, a] for r, b, a in zip(test_r[:8], before, after)]}
 

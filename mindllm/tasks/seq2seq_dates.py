@@ -18,6 +18,11 @@ from .common import fixed_batches, loss_line, unigram_loss
 
 ARCHS = ("transformer",)
 SAMPLES = False
+CLOZE = False
+HEADLINE = (("test exact match", "test_exact_match", {"copy the input": "copy_exact_match",
+                                                       "most frequent output": "frequent_exact_match"}),
+            ("test BLEU (characters)", "test_bleu", {"copy the input": "copy_bleu",
+                                                     "most frequent output": "frequent_bleu"}))
 
 
 @dataclass
