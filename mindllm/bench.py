@@ -18,11 +18,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 from .errors import ArgumentParser, UserError, cli
+from .workers import median_seconds, peak_rss_mb, spawn
 
 # nanoGPT's CPU shape (its README's shakespeare_char on a laptop) and the 6L/6H/384 shape its GPU run uses
 SHAPES = {
@@ -39,12 +39,6 @@ def flops_per_step(s: dict, n_params: int) -> float:
     forward and backward, plus 12·L·T·C per token for attention's two matmuls."""
     T, L, C = s["block_size"], s["n_layer"], s["n_embd"]
     return (6 * n_params + 12 * L * T * C) * T * s["batch_size"]
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def _batches(s: dict, n: int, seed: int = 0):
@@ -67,16 +61,6 @@ def _timed(step, batches, warmup: int, steps: int) -> tuple[list[float], list[fl
             times.append(time.perf_counter() - t0)
         losses.append(loss)
     return times, losses
-
-
-def _median_seconds(fn, repeats: int = DECODE_REPEATS):
-    """(median wall time of `repeats` calls of fn, the last call's result)."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 # ---------------------------------------------------------------- MindSpore workers
@@ -118,7 +102,7 @@ def ms_train(s: dict, warmup: int, steps: int) -> dict:
     compile_s = time.perf_counter() - t0
     times, losses = _timed(one, _batches(s, 8), warmup, steps)
     return {"step_s": times, "losses": losses, "params": model.num_params(non_embedding=False),
-            "compile_s": compile_s, "peak_rss_mb": _peak_rss_mb()}
+            "compile_s": compile_s, "peak_rss_mb": peak_rss_mb()}
 
 
 def ms_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
@@ -129,9 +113,10 @@ def ms_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
     model = _ms_model(s, block_size=DECODE_PROMPT + new_tokens)
     prompt = np.random.default_rng(0).integers(0, VOCAB, (1, DECODE_PROMPT), dtype=np.int32)
     generate(model, prompt, 2, kv_cache=kv_cache)  # compile both graphs
-    seconds, out = _median_seconds(lambda: generate(model, prompt, new_tokens, kv_cache=kv_cache, seed=0))
+    seconds, out = median_seconds(lambda: generate(model, prompt, new_tokens, kv_cache=kv_cache, seed=0),
+                                  DECODE_REPEATS)
     return {"tokens_per_s": new_tokens / seconds, "tokens": out[0, DECODE_PROMPT:].tolist(),
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 # ---------------------------------------------------------------- PyTorch reference (nanoGPT's model.py)
@@ -221,7 +206,7 @@ def torch_train(s: dict, warmup: int, steps: int) -> dict:
     one(*_batches(s, 1, seed=1)[0])
     times, losses = _timed(one, _batches(s, 8), warmup, steps)
     return {"step_s": times, "losses": losses, "params": sum(p.numel() for p in params), "compile_s": 0.0,
-            "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads()}
+            "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads()}
 
 
 def torch_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
@@ -247,8 +232,8 @@ def torch_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
         return idx
 
     run(2)
-    seconds, _ = _median_seconds(lambda: run(new_tokens))
-    return {"tokens_per_s": new_tokens / seconds, "peak_rss_mb": _peak_rss_mb()}
+    seconds, _ = median_seconds(lambda: run(new_tokens), DECODE_REPEATS)
+    return {"tokens_per_s": new_tokens / seconds, "peak_rss_mb": peak_rss_mb()}
 
 
 def matmul_peak(n: int = 1024, repeats: int = 20) -> dict:
@@ -276,13 +261,6 @@ WORKERS = {"ms_train": ms_train, "torch_train": torch_train, "ms_decode": ms_dec
 
 # ---------------------------------------------------------------- the parent: spawn, alternate, summarise
 
-def _spawn(name: str, env: dict, **kwargs) -> dict:
-    cmd = [sys.executable, "-m", "mindllm.bench", "--worker", name, "--worker-args", json.dumps(kwargs)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"bench worker {name} {kwargs} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def machine() -> dict:
@@ -307,7 +285,7 @@ def machine() -> dict:
 
 def run(shapes, repeats: int, warmup: int, steps: int, new_tokens: int, kernels: str, log=print) -> dict:
     env = {"MINDLLM_KERNELS": kernels}
-    peak = _spawn("matmul_peak", env)
+    peak = spawn("matmul_peak", env)
     log(f"fp32 matmul peak: {peak['gflops']:.1f} GFLOP/s ({peak['threads']} threads)")
     result = {"machine": machine(), "matmul_peak_gflops": peak["gflops"], "kernels": kernels, "shapes": {}}
     for name in shapes:
@@ -315,7 +293,7 @@ def run(shapes, repeats: int, warmup: int, steps: int, new_tokens: int, kernels:
         runs = {"ms": [], "torch": []}
         for r in range(repeats):  # alternate which side goes first: drift in machine load hits both
             for side in (("ms", "torch") if r % 2 == 0 else ("torch", "ms")):
-                out = _spawn(f"{side}_train", env, s=s, warmup=warmup, steps=steps)
+                out = spawn(f"{side}_train", env, s=s, warmup=warmup, steps=steps)
                 runs[side].append(out)
                 log(f"{name} {side:5s} repeat {r + 1}/{repeats}: median step "
                     f"{statistics.median(out['step_s']) * 1e3:.1f} ms, peak RSS {out['peak_rss_mb']:.0f} MB")
@@ -337,7 +315,7 @@ def run(shapes, repeats: int, warmup: int, steps: int, new_tokens: int, kernels:
         generated = {}
         for side in ("ms", "torch"):
             for kv in (True, False):
-                out = _spawn(f"{side}_decode", env, s=s, new_tokens=new_tokens, kv_cache=kv)
+                out = spawn(f"{side}_decode", env, s=s, new_tokens=new_tokens, kv_cache=kv)
                 row["decode"][f"{side}_{'kv' if kv else 'nokv'}"] = out["tokens_per_s"]
                 generated[(side, kv)] = out.get("tokens")
         # same model, same seed: the cache must not change a single token

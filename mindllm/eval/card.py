@@ -9,6 +9,7 @@ import sys
 from tqdm import tqdm
 
 from .. import device, kernels, runs, tasks
+from ..checkpoint import read_checkpoint
 from . import choice, cloze, lm
 
 
@@ -87,8 +88,11 @@ def evaluate_run(path: str, parts, limit: int) -> dict:
     trained, cfg = runs.load_trained(path)
     module = tasks.get(cfg.task)
     fresh = untrained_task(cfg.out_dir)
-    card = {"run": cfg.out_dir, "checkpoint": os.path.basename(runs.locate(path)[1]), "task": cfg.task,
-            "describe": trained.describe, "metrics": [], "details": {}}
+    ckpt = runs.locate(path)[1]
+    quant = read_checkpoint(ckpt)[2].get("quant")  # a run written by python -m mindllm.quant says how
+    weights = f"{quant['bits']}-bit {quant['scheme']} weights" if quant else "float32 weights"
+    card = {"run": cfg.out_dir, "checkpoint": os.path.basename(ckpt), "task": cfg.task,
+            "describe": f"{trained.describe} | {weights}", "quant": quant, "metrics": [], "details": {}}
     if "perplexity" in parts:
         card["metrics"] += perplexity_part(trained, fresh, language_model=module.SAMPLES)
     if "cloze" in parts and module.CLOZE:

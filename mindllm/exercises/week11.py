@@ -2,7 +2,7 @@
 stream may show so far, for byte-level tokens and for stop strings), `render_chat` and `fit_history` (the
 conversation as the prompt, fitted to the context window) and `parse_events` (a client reading server-sent events).
 Inference (notebook 11_inference): `quant.schemes.quantize` (absmax per channel, zero point per tensor),
-`quant.llm_int8.int8_matmul` and `speculative.verify` (the acceptance rule).
+`quant.llm_int8.int8_matmul`, `speculative.verify` (the acceptance rule) and `evaluate.rouge_l`.
 Every check draws fresh random cases from a seeded generator, with the edge cases that break a first attempt."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from .. import engine
+from .. import engine, evaluate
 from ..engine import TextStream
 from ..quant.llm_int8 import int8_matmul as ref_int8_matmul
 from ..quant.schemes import quantize
@@ -269,3 +269,21 @@ def speculative_verify(student) -> int:
                 expect_close(got, draw.residual, what + ", the residual distribution", rtol=1e-6)
             n += 1
     return n
+
+
+@exercise("week11.rouge_l",
+          hint="tokens p = rouge_words(prediction), r = rouge_words(reference); LCS by dynamic programming "
+               "(L[i][j] = L[i-1][j-1] + 1 if p[i-1] == r[j-1] else max(L[i-1][j], L[i][j-1])); precision LCS/len(p), "
+               "recall LCS/len(r), F = 2PR/(P+R); 0.0 when the LCS is 0 or a text has no tokens")
+def rouge_l(student) -> int:
+    rng = np.random.default_rng(120)
+    words = ["the", "king", "is", "dead", "long", "live", "queen", "a", "我", "是", "机器人", "你好", "AI", "42"]
+    pairs = [("the king is dead", "the king is dead"), ("", "the king"), ("long live the queen", "the queen"),
+             ("我是机器人", "你是机器人吗"), ("a b c", "x y z"), ("The King!", "the king")]
+    for _ in range(14):
+        pred = " ".join(rng.choice(words, size=int(rng.integers(0, 9))))
+        ref = " ".join(rng.choice(words, size=int(rng.integers(1, 9))))
+        pairs.append((pred, ref))
+    for pred, ref in pairs:
+        expect_close(student(pred, ref), evaluate.rouge_l(pred, ref), f"my_rouge_l({pred!r}, {ref!r})", rtol=1e-9)
+    return len(pairs)

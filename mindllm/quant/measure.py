@@ -15,6 +15,7 @@ from mindspore import Tensor
 
 from .. import runs
 from ..data.dataset import IGNORE
+from ..workers import median_seconds, peak_rss_mb, spawn
 from .files import size, write_run
 from .layers import quantize_weights
 
@@ -61,8 +62,6 @@ def quality(run: str, schemes=DEFAULT) -> list[dict]:
 def speed(run: str, rows: list[dict], new_tokens: int = 200, repeats: int = 3, log=print) -> None:
     """Add tokens/s, peak RSS and checkpoint size to each row: its quantized run written to a temporary directory,
     timed in worker processes, float and quantized alternating."""
-    from ..bench import _spawn
-
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for r in rows:
@@ -76,7 +75,7 @@ def speed(run: str, rows: list[dict], new_tokens: int = 200, repeats: int = 3, l
         samples = {r["scheme"]: [] for r in rows}
         for i in range(repeats):
             for r in rows:
-                samples[r["scheme"]].append(_spawn("quant_decode", {}, run=paths[r["scheme"]], new_tokens=new_tokens))
+                samples[r["scheme"]].append(spawn("quant_decode", {}, run=paths[r["scheme"]], new_tokens=new_tokens))
             log(f"repeat {i + 1}/{repeats} done")
         for r in rows:
             s = samples[r["scheme"]]
@@ -88,14 +87,13 @@ def speed(run: str, rows: list[dict], new_tokens: int = 200, repeats: int = 3, l
 
 def decode_worker(run: str, new_tokens: int) -> dict:
     """In a fresh process: load a run, decode greedily with the KV cache, time it (bench.py's worker)."""
-    from ..bench import _median_seconds, _peak_rss_mb
     from ..decoding import generate
 
     model, tok, _ = runs.load_model(run)
     prompt = np.array([tok.encode("\n")], np.int32)
     generate(model, prompt, 2, temperature=0)  # compile both graphs
-    seconds, out = _median_seconds(lambda: generate(model, prompt, new_tokens, temperature=0))
-    return {"tokens_per_s": new_tokens / seconds, "tokens": out[0, 1:].tolist(), "peak_rss_mb": _peak_rss_mb()}
+    seconds, out = median_seconds(lambda: generate(model, prompt, new_tokens, temperature=0))
+    return {"tokens_per_s": new_tokens / seconds, "tokens": out[0, 1:].tolist(), "peak_rss_mb": peak_rss_mb()}
 
 
 def measure(run: str, schemes=DEFAULT, new_tokens: int = 200, repeats: int = 3, log=print) -> dict:

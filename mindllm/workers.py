@@ -1,0 +1,37 @@
+"""Measurements in fresh worker processes (so peak memory is the measured thing's own): the worker registry lives in
+`mindllm.bench` (`python -m mindllm.bench --worker NAME`); these helpers start workers and time inside them."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def median_seconds(fn, repeats: int = 3):
+    """(median wall time of `repeats` calls of fn, the last call's result)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def spawn(name: str, env: dict, **kwargs) -> dict:
+    """Run bench's worker `name` with `kwargs` in a new process; its last stdout line is its JSON result."""
+    cmd = [sys.executable, "-m", "mindllm.bench", "--worker", name, "--worker-args", json.dumps(kwargs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"bench worker {name} {kwargs} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
