@@ -273,37 +273,43 @@ AOT QuantMatmul(ARGS) {
   const int64_t K = shapes[0][ndims[0] - 1], M = numel(ndims[0], shapes[0]) / K;
   const int64_t Kq = shapes[1][0], N = shapes[1][1], G = shapes[2][0], Ns = shapes[2][2], gsz = K / G;
   const bool int4 = Kq * 2 == K;
-  float *acc = new float[N];
-  for (int64_t m = 0; m < M; ++m) {
-    const float *xr = x + m * K;
-    float *out = y + m * N;
-    for (int64_t n = 0; n < N; ++n) out[n] = 0.f;
-    for (int64_t g = 0; g < G; ++g) {
-      for (int64_t n = 0; n < N; ++n) acc[n] = 0.f;
-      float xs = 0.f;
-      for (int64_t k = g * gsz; k < (g + 1) * gsz; ++k) {
-        const float xv = xr[k];
-        xs += xv;
-        if (int4) {
-          const uint8_t *row = (const uint8_t *)params[1] + (k < Kq ? k : k - Kq) * N;
-          const int shift = k < Kq ? 0 : 4;
+  float *acc = new float[M * N], *w = new float[N], *xs = new float[M];
+  for (int64_t i = 0; i < M * N; ++i) y[i] = 0.f;
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t i = 0; i < M * N; ++i) acc[i] = 0.f;
+    for (int64_t m = 0; m < M; ++m) xs[m] = 0.f;
+    for (int64_t k = g * gsz; k < (g + 1) * gsz; ++k) {
+      if (int4) {  // the row's codes as floats once, shared by every row of x
+        const uint8_t *row = (const uint8_t *)params[1] + (k < Kq ? k : k - Kq) * N;
+        const int shift = k < Kq ? 0 : 4;
 #pragma omp simd
-          for (int64_t n = 0; n < N; ++n) acc[n] += xv * (float)(((row[n] >> shift) & 15) - 8);
-        } else {
-          const int8_t *row = (const int8_t *)params[1] + k * N;
+        for (int64_t n = 0; n < N; ++n) w[n] = (float)(((row[n] >> shift) & 15) - 8);
+      } else {
+        const int8_t *row = (const int8_t *)params[1] + k * N;
 #pragma omp simd
-          for (int64_t n = 0; n < N; ++n) acc[n] += xv * (float)row[n];
-        }
+        for (int64_t n = 0; n < N; ++n) w[n] = (float)row[n];
       }
-      const float *s = scale + g * Ns, *z = zero + g * Ns;
+      for (int64_t m = 0; m < M; ++m) {
+        const float xv = x[m * K + k];
+        float *a = acc + m * N;
+        xs[m] += xv;
+#pragma omp simd
+        for (int64_t n = 0; n < N; ++n) a[n] += xv * w[n];
+      }
+    }
+    const float *s = scale + g * Ns, *z = zero + g * Ns;
+    for (int64_t m = 0; m < M; ++m) {
+      float *out = y + m * N, *a = acc + m * N;
       if (Ns == N) {
 #pragma omp simd
-        for (int64_t n = 0; n < N; ++n) out[n] += s[n] * (acc[n] - xs * z[n]);
+        for (int64_t n = 0; n < N; ++n) out[n] += s[n] * (a[n] - xs[m] * z[n]);
       } else {
-        for (int64_t n = 0; n < N; ++n) out[n] += s[0] * (acc[n] - xs * z[0]);
+        for (int64_t n = 0; n < N; ++n) out[n] += s[0] * (a[n] - xs[m] * z[0]);
       }
     }
   }
   delete[] acc;
+  delete[] w;
+  delete[] xs;
   return 0;
 }

@@ -40,8 +40,12 @@ class FusedLinear(Linear):
 
 
 class FusedQuantLinear(QuantLinear):
-    """A quantized Linear whose product reads the int8 (or int4) codes directly: no float weight is built, so each
-    decoding step reads a quarter (an eighth) of the bytes the float32 layer reads."""
+    """A quantized Linear whose product reads the int8 (or int4) codes directly for a few rows (a decoding step):
+    no float weight is built, and a step reads a quarter (an eighth) of the bytes the float32 layer reads. Many rows
+    (a prompt's prefill) go through MindSpore's multi-threaded matmul on the rebuilt weight, which is faster there
+    than this one-thread kernel."""
+
+    KERNEL_ROWS = 16
 
     def __init__(self, base: QuantLinear, kernels):
         nn.Cell.__init__(self)
@@ -50,7 +54,10 @@ class FusedQuantLinear(QuantLinear):
 
     def construct(self, x):
         shape = x.shape
-        y = self.quant_matmul(x.reshape(-1, shape[-1]), self.weight, self.weight_scale, self.weight_zero_point)
+        x2 = x.reshape(-1, shape[-1])
+        if x2.shape[0] > self.KERNEL_ROWS:  # a static shape: graph mode compiles one branch
+            return QuantLinear.construct(self, x)
+        y = self.quant_matmul(x2, self.weight, self.weight_scale, self.weight_zero_point)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(shape[:-1] + (y.shape[-1],))
