@@ -92,13 +92,17 @@ def _prune(ckpt_dir: str, keep: int, protect: str) -> None:
             shutil.rmtree(os.path.join(ckpt_dir, d), ignore_errors=True)
 
 
-def _verify(path: str) -> dict:
-    """state.json of a checkpoint directory whose every file matches its recorded SHA-256; ValueError otherwise."""
+def _load_state(path: str):
     try:
         with open(os.path.join(path, "state.json"), encoding="utf-8") as fh:
-            state = json.load(fh)
+            return json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"state.json unreadable: {_reason(e)}") from None
+
+
+def _verify(path: str) -> dict:
+    """state.json of a checkpoint directory whose every file matches its recorded SHA-256; ValueError otherwise."""
+    state = _load_state(path)
     files = state.get("files") if isinstance(state, dict) else None
     if not isinstance(files, dict) or "model.safetensors" not in files:
         raise ValueError("state.json lists no model.safetensors")
@@ -175,6 +179,19 @@ def read_checkpoint(path: str) -> tuple[dict, dict, dict]:
         raise UserError(f"checkpoint '{path}' is corrupt or incomplete ({_reason(e)}); resume or sample from an "
                         f"earlier step_* directory beside it") from None
     return arrays["model.safetensors"], arrays.get("optimizer.safetensors", {}), state
+
+
+def read_state(path: str) -> dict:
+    """A checkpoint's state.json alone (its step, how it was quantized), without reading its arrays: for the checks
+    made before loading; read_checkpoint verifies every file when the weights are loaded."""
+    try:
+        state = _load_state(path)
+        if not isinstance(state, dict):
+            raise ValueError("state.json is not a record")
+    except ValueError as e:
+        raise UserError(f"checkpoint '{path}' is corrupt or incomplete ({e}); resume or sample from an earlier "
+                        f"step_* directory beside it") from None
+    return state
 
 
 def load_arrays(cell, arrays: dict, where: str, skip=()) -> None:

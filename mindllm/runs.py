@@ -16,7 +16,7 @@ import json
 import os
 
 from . import kernels, tasks
-from .checkpoint import latest_checkpoint, load_arrays, read_checkpoint
+from .checkpoint import latest_checkpoint, load_arrays, read_checkpoint, read_state
 from .config import Config, from_dict, read_yaml
 from .data import load_tokenizer
 from .errors import UserError
@@ -98,7 +98,7 @@ def restore(model, out_dir: str, ckpt: str) -> dict:
 
 def require_float(path: str, purpose: str) -> None:
     """Refuse a quantized run where training would start from it: its int8 weights do not train."""
-    state = read_checkpoint(locate(path)[1])[2]
+    state = read_state(locate(path)[1])
     if state.get("quant"):
         raise UserError(f"'{path}' is a quantized run (for inference); {purpose} from the float run it was made "
                         f"from: {state.get('quantized_from', 'see its ckpt state.json')}")

@@ -9,7 +9,7 @@ import sys
 from tqdm import tqdm
 
 from .. import device, kernels, runs, tasks
-from ..checkpoint import read_checkpoint
+from ..checkpoint import read_state
 from . import choice, cloze, lm
 
 
@@ -89,7 +89,7 @@ def evaluate_run(path: str, parts, limit: int) -> dict:
     module = tasks.get(cfg.task)
     fresh = untrained_task(cfg.out_dir)
     ckpt = runs.locate(path)[1]
-    quant = read_checkpoint(ckpt)[2].get("quant")  # a run written by python -m mindllm.quant says how
+    quant = read_state(ckpt).get("quant")  # a run written by python -m mindllm.quant says how
     weights = f"{quant['bits']}-bit {quant['scheme']} weights" if quant else "float32 weights"
     card = {"run": cfg.out_dir, "checkpoint": os.path.basename(ckpt), "task": cfg.task,
             "describe": f"{trained.describe} | {weights}", "quant": quant, "metrics": [], "details": {}}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from .. import device, runs
-from ..checkpoint import read_checkpoint
+from ..checkpoint import read_state
 from ..errors import ArgumentParser, UserError, cli
 from .files import size, write_run
 from .layers import SCHEMES, check_spec, quantize_weights
@@ -30,19 +30,23 @@ def build_parser():
     return ap
 
 
-def check_paths(args) -> tuple[str, str]:
-    """(run dir, checkpoint dir) of the float run; refuses a quantized run and an --out that would overwrite."""
+def check_paths(args) -> tuple[str, str, dict]:
+    """(run dir, checkpoint dir, its state) of the float run; refuses a quantized run, a run with LoRA adapters and
+    an --out that would overwrite, before anything is loaded."""
     run_dir, ckpt = runs.locate(args.run)
-    state = read_checkpoint(ckpt)[2]
+    state = read_state(ckpt)
     if state.get("quant"):
         q = state["quant"]
         raise UserError(f"'{args.run}' is already quantized ({q['bits']}-bit {q['scheme']}); quantize the float run "
                         f"it was made from ({state.get('quantized_from', 'its source')})")
+    if runs.read_config(run_dir).peft.method == "lora":
+        raise UserError(f"'{args.run}' trains LoRA adapters beside frozen weights; quantize a run without them "
+                        f"(peft.method=none) or its base run")
     if os.path.abspath(args.out) == os.path.abspath(run_dir):
         raise UserError("--out is the run itself; give a new directory (the float run is kept)")
     if os.path.exists(args.out) and not args.force:
         raise UserError(f"--out '{args.out}' exists; choose a new directory or add --force to replace it")
-    return run_dir, ckpt
+    return run_dir, ckpt, state
 
 
 def main(argv=None):
@@ -50,17 +54,13 @@ def main(argv=None):
     spec = {"bits": args.bits, "scheme": args.scheme, "group_size": args.group_size if args.scheme == "group" else 0,
             "symmetric": not args.asymmetric}
     check_spec(spec)
-    run_dir, ckpt = check_paths(args)
+    run_dir, ckpt, state = check_paths(args)
     device.setup(device.context_for("CPU"), 0)
-    task, cfg = runs.load_trained(args.run)
-    if getattr(cfg, "peft", None) is not None and cfg.peft.method == "lora":
-        raise UserError(f"'{args.run}' trains LoRA adapters beside frozen weights; quantize a run without them "
-                        f"(peft.method=none) or its base run")
+    task, _ = runs.load_trained(args.run)
     stats = quantize_weights(task.model, spec)
     if not stats:
         raise UserError(f"'{args.run}' has no Linear layers to quantize")
-    step = read_checkpoint(ckpt)[2].get("step", 0)
-    saved = write_run(args.out, run_dir, task.model, {"step": step, "quant": spec,
+    saved = write_run(args.out, run_dir, task.model, {"step": state.get("step", 0), "quant": spec,
                                                       "quantized_from": os.path.abspath(ckpt)})
     worst = max(s["rel_error"] for s in stats.values())
     print(f"{len(stats)} Linear layers -> {args.bits}-bit {args.scheme}"

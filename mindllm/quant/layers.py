@@ -9,9 +9,10 @@ Face's compressed-tensors format. Codes are kept in the (in, out) layout whateve
 the matmul sums over axis 0 and INT4 groups run along it. The embedding (tied to the LM head) stays float, as in
 LLM.int8() and GPTQ: it is a lookup, and the head's errors land directly on the logits.
 
-Each forward rebuilds the float weight: (codes - zero) * scale, then the ordinary matmul. Memory and disk shrink
-4x (int8) or ~7x (int4); speed does not improve on CPU, where MindSpore has no int8 matmul kernel (measured in
-`python -m mindllm.bench --quant`).
+This layer rebuilds the float weight, (codes - zero) * scale, then runs the ordinary matmul: the plain formulation,
+and the oracle of kernels' FusedQuantLinear, which on CPU multiplies decoding steps straight from the codes. The
+Linears' storage shrinks 4x (int8) or ~5x (int4 with its scales); decoding on this CPU is slower than float32's
+fused block (measured in `python -m mindllm.bench --quant`).
 """
 from __future__ import annotations
 
