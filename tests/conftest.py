@@ -23,6 +23,14 @@ def small_corpus(tmp_path_factory):
     return str(path)
 
 
+def train_tiny(corpus: str, out, *overrides) -> str:
+    """Train a TINY GPT (plus `overrides`) on `corpus` into `out`, quietly; returns the run directory."""
+    from mindllm.train import train
+
+    train(load_config(None, TINY + [f"data.corpus={corpus}", f"out_dir={out}", *overrides]), log=lambda *a: None)
+    return str(out)
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path, small_corpus):
     """A tiny GPT config on the small corpus; pass extra key=value overrides."""

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import train_tiny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mindspore import Tensor
@@ -197,11 +197,8 @@ def test_scorer_equals_numpy_log_softmax():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, small_corpus):
     """A small character GPT, 400 steps on the Shakespeare head (block 64): it has learned English words."""
-    out = tmp_path_factory.mktemp("eval") / "gpt"
-    train(load_config(None, TINY + [f"data.corpus={small_corpus}", f"out_dir={out}", "train.max_iters=400",
-                                    "train.lr=0.01", "model.block_size=64", "model.n_embd=64",
-                                    "train.batch_size=16"]), log=lambda *a: None)
-    return str(out)
+    return train_tiny(small_corpus, tmp_path_factory.mktemp("eval") / "gpt", "train.max_iters=400", "train.lr=0.01",
+                      "model.block_size=64", "model.n_embd=64", "train.batch_size=16")
 
 
 @pytest.mark.slow
@@ -242,8 +239,7 @@ def test_cli_writes_the_report_card(trained_run, capsys):
 @pytest.mark.slow
 def test_two_runs_side_by_side(trained_run, tmp_path, small_corpus, capsys):
     other = tmp_path / "short"
-    train(load_config(None, TINY + [f"data.corpus={small_corpus}", f"out_dir={other}", "train.max_iters=2"]),
-          log=lambda *a: None)
+    train_tiny(small_corpus, other, "train.max_iters=2")
     main([trained_run, str(other), "--tasks", "perplexity", "--out-name", "card"])
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("|")]
@@ -258,9 +254,8 @@ def test_instruct_run_card(tmp_path, small_corpus):
     """An instruction-tuned run: held-out loss and bits per byte of the answers, the answers' word F1, exact match
     and ROUGE-L beside the model before tuning; no cloze (its held-out text is Q/A records)."""
     pre = tmp_path / "pre"
-    train(load_config(None, TINY + [f"data.corpus={small_corpus}", f"out_dir={pre}", "data.tokenizer=bpe",
-                                    "data.vocab_size=300", "model.block_size=96", "train.max_iters=5"]),
-          log=lambda *a: None)
+    train_tiny(small_corpus, pre, "data.tokenizer=bpe", "data.vocab_size=300", "model.block_size=96",
+               "train.max_iters=5")
     cfg = load_config(os.path.join(ROOT, "configs/instruct_lora_gpt_bpe.yaml"), [
         f"instruct.init={pre}", f"out_dir={tmp_path / 'chat'}", "peft.method=none", "train.lr=0.02",
         "train.warmup_iters=0", "train.max_iters=20", "train.batch_size=8", "train.eval_iters=1",

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import train_tiny
 from mindspore import Tensor
 from test_cli import assert_clean_error, call
 
@@ -18,7 +18,6 @@ from mindllm.decoding import generate
 from mindllm.errors import UserError
 from mindllm.export import export_model, generate_exported, load_exported, sample_window
 from mindllm.files import sha256
-from mindllm.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = {"gpt": [], "llama": ["model.arch=llama", "model.n_kv_head=1"]}  # llama: 2 query heads share 1 k/v head
@@ -38,10 +37,8 @@ def trained(tmp_path_factory, small_corpus):
 
     def get(arch):
         if arch not in done:
-            out = tmp_path_factory.mktemp(f"export_{arch}") / "run"
-            train(load_config(None, TINY + ARCHS[arch] + [f"data.corpus={small_corpus}", f"out_dir={out}",
-                                                          "train.max_iters=120", "train.lr=0.01"]), log=lambda *a: None)
-            done[arch] = str(out)
+            done[arch] = train_tiny(small_corpus, tmp_path_factory.mktemp(f"export_{arch}") / "run", *ARCHS[arch],
+                                    "train.max_iters=120", "train.lr=0.01")
         return done[arch]
 
     return get

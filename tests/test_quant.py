@@ -133,15 +133,9 @@ def ms_uint8():
 
 @pytest.fixture(scope="module")
 def float_run(tmp_path_factory, small_corpus):
-    from mindllm.config import load_config
-    from mindllm.train import train
+    from conftest import train_tiny
 
-    from conftest import TINY
-
-    out = tmp_path_factory.mktemp("quant") / "gpt"
-    train(load_config(None, TINY + [f"data.corpus={small_corpus}", f"out_dir={out}", "train.max_iters=60",
-                                    "train.lr=0.01"]), log=lambda *a: None)
-    return str(out)
+    return train_tiny(small_corpus, tmp_path_factory.mktemp("quant") / "gpt", "train.max_iters=60", "train.lr=0.01")
 
 
 def quantize_cli(*args):

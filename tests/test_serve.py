@@ -14,7 +14,7 @@ from mindllm.data.instruct import prompt_text
 from mindllm.serve import running
 from mindllm.train import train
 
-from conftest import TINY
+from conftest import TINY, train_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
@@ -23,10 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory, small_corpus):
     """A tiny character GPT on Shakespeare (block 16): a base model that continues text."""
-    out = tmp_path_factory.mktemp("serve") / "base"
-    train(load_config(None, TINY + [f"data.corpus={small_corpus}", f"out_dir={out}", "train.max_iters=30",
-                                    "train.lr=0.01"]), log=lambda *a: None)
-    return str(out)
+    return train_tiny(small_corpus, tmp_path_factory.mktemp("serve") / "base", "train.max_iters=30", "train.lr=0.01")
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +243,8 @@ def test_a_full_queue_answers_429_and_recovers(base_run):
 def test_a_draft_model_leaves_the_answers_unchanged(server, base_run, tmp_path_factory, small_corpus):
     """--draft: speculative decoding with a smaller run of the same tokenizer; at temperature 0 every answer is the
     one the model gives alone."""
-    out = tmp_path_factory.mktemp("serve_draft") / "draft"
-    train(load_config(None, TINY + [f"data.corpus={small_corpus}", f"out_dir={out}", "train.max_iters=10",
-                                    "model.n_layer=1", "model.n_embd=16"]), log=lambda *a: None)
+    out = train_tiny(small_corpus, tmp_path_factory.mktemp("serve_draft") / "draft", "train.max_iters=10",
+                     "model.n_layer=1", "model.n_embd=16")
     body = {"model": "base", "max_tokens": 30, "temperature": 0}
     with running(base_run, "--draft", str(out), "--speculative-k", "3") as spec:
         for prompt in ("ROMEO:", "KING"):
