@@ -74,6 +74,12 @@ class GPT(nn.Cell):
         """Like construct, with a static KV cache for generation: `cache` is a list of per-layer (k, v) of shape
         (B*nh, block_size, hs) and `pos` an int32 scalar Tensor, the position of idx's first token. Returns
         (logits, cache). Without a cache, the returned (k, v) of a full block_size input fill one."""
+        h, presents = self.features(idx, cache, pos)
+        return self._logits(h), presents
+
+    def features(self, idx, cache=None, pos=None):
+        """The last block's normalised output (B, T, n_embd), which the LM head reads (and a reward or value head
+        does, in the alignment week), and the per-layer (k, v)."""
         B, T = idx.shape
         start = 0 if pos is None else pos
         x = self.transformer.drop(self.transformer.wte(idx) +
@@ -82,7 +88,7 @@ class GPT(nn.Cell):
         for i, block in enumerate(self.transformer.h):
             x, present = block(x, None if cache is None else cache[i], pos)
             presents.append(present)
-        return self._logits(self.transformer.ln_f(x)), presents
+        return self.transformer.ln_f(x), presents
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(int(np.prod(p.shape)) for p in self.get_parameters())

@@ -6,6 +6,7 @@ through the same loop, and a config names its task with the `task:` key.
     bert_pretrain   BERT's masked LM + next-sentence prediction on a corpus             tasks/bert_pretrain.py
     classify        fine-tune BERT for sentence classification (sentiment)             tasks/classify.py
     instruct        instruction-tune a course GPT on question/answer records           tasks/instruct.py
+    sft             fine-tune a course GPT to answer arithmetic problems (alignment)   align/sft.py
 
 A task module holds everything about its objective:
     ARCHS          the model.arch values it trains (the first is the default)
@@ -23,13 +24,15 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
-NAMES = ("causal_lm", "seq2seq_dates", "bert_pretrain", "classify", "instruct")
+NAMES = ("causal_lm", "seq2seq_dates", "bert_pretrain", "classify", "instruct", "sft")
+ALIGNMENT = ("sft",)  # the alignment week's steps live in mindllm/align/, one file per method
 INSTRUCTION_CORPORA = ("instructions_en", "instructions_zh")
 
 
 def get(name: str):
     """The module of task `name` (imported by name, so a task may itself open the run of another)."""
-    return importlib.import_module(f"{__name__}.{name}")
+    package = "mindllm.align" if name in ALIGNMENT else __name__
+    return importlib.import_module(f"{package}.{name}")
 
 
 def infer(arch: str, corpus: str) -> str:

@@ -1,0 +1,139 @@
+"""The alignment week's machinery (mindllm/align/): rollouts, the heads, SFT, preference pairs, the reward model.
+The loss formulas are in test_align_math.py."""
+import json
+import os
+
+import numpy as np
+import pytest
+from mindspore import Tensor
+
+from conftest import train_tiny
+from mindllm import device
+from mindllm.align import heads, pairs, problems
+from mindllm.align.rollout import sample_responses, sequences
+from mindllm.config import load_config
+from mindllm.data.dataset import IGNORE
+from mindllm.decoding import generate
+from mindllm.models.gpt import GPT, GPTConfig
+from mindllm.train import train
+
+CFG = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)
+
+
+def test_sequences_mark_the_response_targets():
+    x, y, mask = sequences([[1, 2, 3], [4]], [[5, 6], [7, 8, 9]], pad=0, length=5)
+    np.testing.assert_array_equal(x, [[1, 2, 3, 5, 0], [4, 7, 8, 0, 0]])
+    np.testing.assert_array_equal(y, [[IGNORE, IGNORE, 5, 6, IGNORE], [7, 8, 9, IGNORE, IGNORE]])
+    np.testing.assert_array_equal(mask, [[0, 0, 1, 1, 0], [1, 1, 1, 0, 0]])
+
+
+def test_scored_rows_point_at_the_last_token():
+    x, last = heads.scored_rows([[1, 2, 3], [4]], [[5, 6], [7]], pad=0, length=6)
+    np.testing.assert_array_equal(x, [[1, 2, 3, 5, 6, 0], [4, 7, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(last, [4, 1])
+
+
+def one_by_one(model, prompt, eos, n):
+    """The uncached, unbatched decoder: the oracle of the batched rollouts."""
+    out = generate(model, np.array([prompt], np.int32), n, temperature=0.0, kv_cache=False)[0, len(prompt):]
+    out = [int(t) for t in out]
+    return out[:out.index(eos) + 1] if eos in out else out
+
+
+def test_batched_greedy_rollouts_equal_one_prompt_at_a_time_without_cache():
+    device.seed_everything(0)
+    model = GPT(CFG)
+    model.set_train(False)
+    rng = np.random.default_rng(1)
+    prompts = [list(rng.integers(0, 11, size=n)) for n in (3, 5, 3, 3, 5, 4, 3)]
+    eos = 4
+    got = sample_responses(model, prompts, eos=eos, max_new_tokens=6, temperature=0.0, seed=0, batch_size=2)
+    assert got == [one_by_one(model, p, eos, 6) for p in prompts]
+    assert any(r and r[-1] == eos for r in got) and any(eos not in r for r in got)  # both endings were exercised
+
+
+def test_sampled_rollouts_are_reproducible_and_seeded():
+    device.seed_everything(0)
+    model = GPT(CFG)
+    model.set_train(False)
+    prompts = [[1, 2, 3]] * 6
+    kw = dict(eos=10, max_new_tokens=5, temperature=1.0, batch_size=3)
+    a, b, c = (sample_responses(model, prompts, seed=s, **kw) for s in (0, 0, 1))
+    assert a == b and a != c
+    assert len({tuple(r) for r in a}) > 1  # the rows of one batch draw different answers
+
+
+def test_reward_model_is_hugging_face_gpt2_for_sequence_classification():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
+        vocab_size=CFG.vocab_size, n_positions=CFG.block_size, n_embd=CFG.n_embd, n_layer=CFG.n_layer,
+        n_head=CFG.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, num_labels=1,
+        pad_token_id=CFG.vocab_size - 1)).eval()
+    state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    rm = heads.RewardModel(CFG)
+    assert {n for n, _ in rm.parameters_and_names()} == set(state)  # Hugging Face's names
+    for name, p in rm.parameters_and_names():
+        p.set_data(Tensor(state[name]))
+    rm.set_train(False)
+    rows = [[1, 2, 3, 4, 5], [6, 7, 8]]
+    x, last = heads.scored_rows(rows, [[], []], pad=CFG.vocab_size - 1, length=8)
+    got = rm(Tensor(x), Tensor(last)).asnumpy()
+    with torch.no_grad():  # one row at a time, unpadded: Hugging Face scores the last token
+        expect = [hf(torch.tensor([r])).logits[0, 0].item() for r in rows]
+    np.testing.assert_allclose(got, expect, atol=1e-5)
+
+
+def test_policy_with_value_keeps_the_gpt_logits():
+    device.seed_everything(0)
+    gpt, pv = GPT(CFG), heads.PolicyWithValue(CFG)
+    for (name, p), (_, q) in zip(gpt.parameters_and_names(), pv.parameters_and_names()):
+        q.set_data(p.data)
+    names = {n for n, _ in pv.parameters_and_names()} - {n for n, _ in gpt.parameters_and_names()}
+    assert names == {"v_head.summary.weight", "v_head.summary.bias"}  # TRL's value head
+    x = Tensor(np.arange(8, dtype=np.int32).reshape(1, 8))
+    logits, values = pv.policy_and_value(x)
+    np.testing.assert_allclose(logits.asnumpy(), gpt(x).asnumpy(), atol=1e-6)
+    np.testing.assert_array_equal(values.asnumpy(), np.zeros((1, 8)))  # a zero head: V = 0 before training
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, small_corpus):
+    """A tiny character GPT on Shakespeare, then SFT on 1-digit additions: the start of every alignment run."""
+    root = tmp_path_factory.mktemp("align")
+    base = train_tiny(small_corpus, root / "base", "train.max_iters=30", "model.block_size=32")
+    cfg = load_config(None, ["task=sft", f"sft.init={base}", f"out_dir={root / 'sft'}", "sft.digits=1",
+                             "sft.train_problems=40", "sft.test_problems=20", "sft.eval_problems=10",
+                             "train.max_iters=20", "train.batch_size=8", "train.eval_iters=2",
+                             "train.eval_interval=10", "train.progress=false", "sample.max_new_tokens=0"])
+    summary = train(cfg, log=lambda *a: None)
+    return str(root / "sft"), summary
+
+
+def test_sft_scores_its_answers_against_the_baselines(sft_run):
+    path, s = sft_run
+    assert s["test_problems"] == 20 and 0.0 <= s["exact_match"] <= 1.0
+    for q, a, right in s["answers"]:
+        assert q.endswith(" is ") and str(eval(q.replace(" plus ", "+").replace(" is ", ""))) == right  # noqa: S307
+    records = [json.loads(line) for line in open(os.path.join(path, "metrics.jsonl"))]
+    assert [r["step"] for r in records if "exact_match" in r] == [0, 10, 20]
+    model, tokenizer, cfg = __import__("mindllm.runs", fromlist=["x"]).load_model(path)
+    assert cfg.model.block_size == 32  # the config took the start run's model section
+    options, seed = problems.settings(path)
+    _, test = problems.load(options, seed)
+    again = problems.score(model, tokenizer, test, reward="exact_match")
+    assert again["exact_match"] == s["exact_match"]
+
+
+def test_pairs_rank_the_models_own_answers(sft_run, tmp_path):
+    path, _ = sft_run
+    out = tmp_path / "pairs.jsonl"
+    pairs.main([path, "--out", str(out), "--train-problems", "30", "--test-problems", "20", "--samples", "4"])
+    got = pairs.read(str(out))
+    assert got and {p["split"] for p in got} <= {"train", "test"}
+    for p in got:
+        assert p["chosen_reward"] > p["rejected_reward"] and p["chosen"] != p["rejected"]
+    with pytest.raises(SystemExit) as e:
+        pairs.main([path, "--out", str(out)])  # exists
+    assert e.value.code == 2
