@@ -93,6 +93,9 @@ def main(argv=None):
                       seed=args.seed + (name == "test"))
         print(f"{name}: {len(got)} pairs from {len(items)} problems x {args.samples} answers")
         pairs += got
+    if not pairs:
+        raise UserError(f"no pairs: every answer of '{args.run}' scored the same (all wrong, or all right); sample "
+                        f"more answers per problem (--samples), or train the SFT run further")
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)

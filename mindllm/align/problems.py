@@ -59,13 +59,18 @@ def load(options: ProblemOptions, seed: int) -> tuple[list[dict], list[dict]]:
                                     n_test=options.test_problems, seed=seed)
 
 
-def encode_prompts(problems: list[dict], tokenizer) -> list[list[int]]:
-    """The prompts' token ids; a tokenizer without the problems' characters is refused with the reason."""
+def encode(texts: list[str], tokenizer) -> list[list[int]]:
+    """The token ids of problems' prompts or answers; a tokenizer without their characters is refused with the
+    reason."""
     try:
-        return [tokenizer.encode(p["prompt"]) for p in problems]
+        return [tokenizer.encode(t) for t in texts]
     except UserError as e:
         raise UserError(f"the start model's tokenizer cannot write these problems ({e}); start from a character GPT "
                         f"of the same language (English: the Shakespeare run, Chinese: the People's Daily run)") from None
+
+
+def encode_prompts(problems: list[dict], tokenizer) -> list[list[int]]:
+    return encode([p["prompt"] for p in problems], tokenizer)
 
 
 def eos_id(tokenizer) -> tuple[str, int]:
@@ -96,6 +101,5 @@ def score(model, tokenizer, problems: list[dict], *, reward: str, temperature: f
 
 def baselines(train: list[dict], test: list[dict], seed: int) -> dict:
     """What knowing nothing scores: always the most frequent training answer, and a random training answer."""
-    frequent = arithmetic.most_frequent_answer(train)
-    return {"frequent_answer_exact_match": float(np.mean([p["answer"] == frequent for p in test])),
-            "random_answer_exact_match": arithmetic.random_answer_accuracy(test, seed=seed)}
+    return {"frequent_answer_exact_match": arithmetic.most_frequent_answer_accuracy(train, test),
+            "random_answer_exact_match": arithmetic.random_answer_accuracy(train, test, seed=seed)}

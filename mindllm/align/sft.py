@@ -56,12 +56,15 @@ def start_model(cfg, init: str):
     return model, tokenizer
 
 
-def encode(items: list[dict], tokenizer, eos: int, length: int):
-    """(x, y) for the response-only loss: y is IGNORE on the prompt and the padding."""
-    prompts = problems.encode_prompts(items, tokenizer)
-    answers = [tokenizer.encode(p["answer"]) + [eos] for p in items]
-    x, y, _ = sequences(prompts, answers, pad=eos, length=length)
-    return x, y
+def encode(splits: dict, tokenizer, eos: int, block_size: int) -> tuple[dict, int]:
+    """{split: (x, y)} for the response-only loss (y is IGNORE on the prompt and the padding), and the row length:
+    the longest problem's."""
+    ids = {k: (problems.encode_prompts(v, tokenizer),
+               [a + [eos] for a in problems.encode([p["answer"] for p in v], tokenizer)]) for k, v in splits.items()}
+    length = max(len(p) + len(a) for prompts, answers in ids.values() for p, a in zip(prompts, answers)) - 1
+    if length > block_size:
+        raise UserError(f"a problem takes {length + 1} tokens; the model's context is {block_size}")
+    return {k: sequences(*v, pad=eos, length=length)[:2] for k, v in ids.items()}, length
 
 
 def build(cfg) -> Task:
@@ -69,10 +72,7 @@ def build(cfg) -> Task:
     model, tokenizer = start_model(cfg, o.init)
     train, test = problems.load(o, cfg.seed)
     _, eos = problems.eos_id(tokenizer)
-    length = max(len(tokenizer.encode(p["prompt"] + p["answer"])) for p in train + test) + 1
-    if length > model.config.block_size:
-        raise UserError(f"a problem takes {length} tokens; the model's context is {model.config.block_size}")
-    arrays = {"train": encode(train, tokenizer, eos, length), "test": encode(test, tokenizer, eos, length)}
+    arrays, length = encode({"train": train, "test": test}, tokenizer, eos, model.config.block_size)
     start = problems.score(model, tokenizer, test, reward=o.reward)
 
     def loss_fn(x, y):

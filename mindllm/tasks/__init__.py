@@ -7,6 +7,7 @@ through the same loop, and a config names its task with the `task:` key.
     classify        fine-tune BERT for sentence classification (sentiment)             tasks/classify.py
     instruct        instruction-tune a course GPT on question/answer records           tasks/instruct.py
     sft             fine-tune a course GPT to answer arithmetic problems (alignment)   align/sft.py
+    reward_model    a scalar head on the SFT GPT, trained on preference pairs           align/reward_model.py
 
 A task module holds everything about its objective:
     ARCHS          the model.arch values it trains (the first is the default)
@@ -24,8 +25,8 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
-NAMES = ("causal_lm", "seq2seq_dates", "bert_pretrain", "classify", "instruct", "sft")
-ALIGNMENT = ("sft",)  # the alignment week's steps live in mindllm/align/, one file per method
+NAMES = ("causal_lm", "seq2seq_dates", "bert_pretrain", "classify", "instruct", "sft", "reward_model")
+ALIGNMENT = ("sft", "reward_model")  # the alignment week's steps live in mindllm/align/, one file per method
 INSTRUCTION_CORPORA = ("instructions_en", "instructions_zh")
 
 
