@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from mindspore import Tensor
+from mindspore import Tensor, ops
 
 from .. import runs
 from ..checkpoint import named_arrays, load_arrays
@@ -22,6 +22,20 @@ from ..tasks.common import compiled, fixed_batches, parameter_counts
 from . import pairs as pair_files
 from . import problems
 from .heads import RewardModel, scored_rows
+
+
+def bradley_terry_loss(r_chosen, r_rejected):
+    """mean(-log sigmoid(r_c - r_r)) over the batch; r_chosen, r_rejected (B,) -> scalar.
+
+    -log sigmoid(z) = softplus(-z) = log(1 + e^-z), which stays finite for large |z| (log(sigmoid) would give
+    log(0) = -inf once sigmoid underflows)."""
+    return ops.softplus(-(r_chosen - r_rejected)).mean()
+
+
+def pairwise_accuracy(r_chosen, r_rejected):
+    """Fraction of pairs ranked correctly (r_c > r_r strictly; ties count as wrong); (B,) -> scalar."""
+    return (r_chosen > r_rejected).astype(r_chosen.dtype).mean()
+
 
 ARCHS = ("gpt",)
 SAMPLES = False  # it scores text, it does not write any
@@ -91,7 +105,8 @@ def build(cfg) -> Task:
                 **({"margin": float(np.mean(rc - rr))} if split == "test" else {})}
 
     def final_eval(net) -> dict:
-        longer = np.mean([len(p["chosen"]) > len(p["rejected"]) for p in test])
+        # the length heuristic: the longer answer wins, a tie is a coin toss
+        longer = np.mean([np.sign(len(p["chosen"]) - len(p["rejected"])) * 0.5 + 0.5 for p in test])
         return {**accuracy(net, "test"), **accuracy(net, "train"), "chance_accuracy": 0.5,
                 "longer_accuracy": float(longer), "test_pairs": len(test), "train_pairs": len(train)}
 
@@ -113,11 +128,3 @@ def report(s: dict) -> str:
             f"nothing)\nheld-out pairwise accuracy {s['pair_accuracy']:.1%} on {s['test_pairs']} pairs (train "
             f"{s['train_pair_accuracy']:.1%}) | baselines: chance 50.0%, longer answer preferred "
             f"{s['longer_accuracy']:.1%}")
-
-
-# TEMP until the helper's math lands
-from mindspore import ops  # noqa: E402
-
-
-def bradley_terry_loss(r_chosen, r_rejected):
-    return ops.softplus(-(r_chosen - r_rejected)).mean()
