@@ -17,7 +17,7 @@ import shutil
 import sys
 
 import numpy as np
-from mindspore import Tensor
+from mindspore import Tensor, ops
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
@@ -208,4 +208,8 @@ def load_arrays(cell, arrays: dict, where: str, skip=()) -> None:
         if tuple(p.shape) != tuple(arr.shape):
             raise UserError(f"{where}: '{name}' has shape {tuple(arr.shape)} but the model expects "
                             f"{tuple(p.shape)}; use the model config the checkpoint was trained with")
-        p.set_data(Tensor(np.ascontiguousarray(arr), dtype=p.dtype))
+        value = Tensor(np.ascontiguousarray(arr), dtype=p.dtype)
+        if p.has_init:  # not materialised yet: nothing can have compiled over it
+            p.set_data(value)
+        else:  # in place: a graph compiled over p (a decoder) would keep reading the old tensor after set_data
+            ops.assign(p, value)

@@ -235,10 +235,13 @@ def loop(run: Run) -> None:
         is_eval = done % schedule.eval_interval == 0 or done == schedule.max_iters
         if (done % schedule.log_interval == 0 or is_eval) and dist.is_main:  # evaluation too: the weights are equal
             record = window.record(done, lrs[it], norm, run.task.tokens_per_batch * schedule.grad_accum)
+            stats = run.task.train_stats() if run.task.train_stats is not None else {}
+            record.update(stats)
             if is_eval:
                 record.update(evaluate(run, eval_loss))
             run.metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", **window.shown(record))
+            bar.set_postfix(loss=f"{record['loss']:.3f}", **{k: f"{stats[k]:.3f}" for k in run.task.shown},
+                            **window.shown(record))
         if (done % schedule.ckpt_interval == 0 or done == schedule.max_iters) and dist.is_main:
             save_verified(run, done, record.get("val_loss") if record else None, eval_loss)
     bar.close()
@@ -309,7 +312,7 @@ def finish(run: Run) -> dict:
         return {"rank": run.dist.rank, "steps": schedule.max_iters}
     last = f"step_{max(run.start, schedule.max_iters):07d}"
     if run.saved is None or os.path.basename(run.saved) != last:  # nothing trained: a checkpoint of the start
-        save_verified(run, max(run.start, schedule.max_iters), None, run.task.loss_fn)
+        save_verified(run, max(run.start, schedule.max_iters), None, run.task.eval_loss_fn or run.task.loss_fn)
     records = run.metrics.read()
     plot_metrics(records, run.task.baselines, os.path.join(cfg.out_dir, "loss.png"))
     evals = [r for r in records if "val_loss" in r]

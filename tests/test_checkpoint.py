@@ -3,6 +3,8 @@ import os
 import numpy as np
 import pytest
 
+from mindspore import Tensor
+
 from mindllm import device
 from mindllm.checkpoint import latest_checkpoint, load_arrays, read_checkpoint, save_checkpoint
 from mindllm.errors import UserError
@@ -81,3 +83,23 @@ def test_weight_decay_groups():
     assert wd["transformer.h.0.attn.c_attn.weight"] == pytest.approx(0.1)
     assert wd["transformer.wte.weight"] == pytest.approx(0.1)
     assert wd["transformer.h.0.attn.c_attn.bias"] == 0.0 and wd["transformer.ln_f.weight"] == 0.0
+
+
+def test_loaded_weights_reach_a_decoder_compiled_before():
+    """load_arrays writes in place: a decoder compiled over the old weights decodes with the new ones (set_data would
+    rebind the Parameter and leave the compiled graph reading the old tensor; a resumed run evaluated with the
+    weights it started from)."""
+    from mindllm.checkpoint import named_arrays
+    from mindllm.decoding import generate
+
+    device.seed_everything(0)
+    a, b = GPT(CFG), GPT(CFG)
+    rng = np.random.default_rng(0)
+    for p in b.get_parameters():  # far from the near-uniform initialisation, so the two decode differently
+        p.set_data(Tensor(rng.normal(0, 0.5, p.shape).astype(np.float32)))
+    prompt = np.array([[1, 2, 3]], np.int32)
+    want = generate(b, prompt, 8, temperature=1.0, seed=0)
+    before = generate(a, prompt, 8, temperature=1.0, seed=0)  # compiles a's decoder over a's own weights
+    assert not np.array_equal(before, want)  # the two models decode differently: the test can tell them apart
+    load_arrays(a, named_arrays(b), "b")
+    np.testing.assert_array_equal(generate(a, prompt, 8, temperature=1.0, seed=0), want)

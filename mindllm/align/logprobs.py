@@ -25,3 +25,10 @@ def masked_mean(x, mask, axis=None):
     mask is float 0/1 with x's shape. An all-zero mask gives 0, not NaN (the count is clamped to 1, as TRL does),
     so a row without response tokens contributes nothing instead of poisoning the batch."""
     return (x * mask).sum(axis) / ops.maximum(mask.sum(axis), 1.0)
+
+
+def response_logprobs(logits, targets):
+    """log p of each response token (B, T), and 0 wherever `targets` is IGNORE (-100: the prompt, the padding), so
+    a row's sum is its answer's log-probability."""
+    keep = (targets >= 0).astype(logits.dtype)
+    return token_logprobs(logits, ops.maximum(targets, 0)) * keep

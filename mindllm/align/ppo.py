@@ -4,11 +4,36 @@ the reference implementation is TRL's former PPOTrainer, whose helpers masked_wh
 On the rollouts, in NumPy (outside the compiled graph): the per-token rewards (KL penalty + the reward model's
 score), GAE advantages and returns, whitening. In the training step, in MindSpore: the clipped policy and value
 losses. Shapes: B sequences, T token positions; `mask` (B, T) float 0/1 is 1 on the response tokens, one
-contiguous span per row (prompt tokens before it and padding after it are 0)."""
-import numpy as np
-from mindspore import ops
+contiguous span per row (prompt tokens before it and padding after it are 0).
 
-from .logprobs import masked_mean
+As a task of the training loop (`task: ppo`): the batches are the policy's own rollouts (policy.RolloutBatches),
+scored by a reward model run (ppo.reward=model, RLHF) or by the problem's exact answer (a control: a reward that
+cannot be fooled), with the per-token KL penalty to the frozen SFT model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, ops
+
+from ..config import opt
+from ..data import arithmetic
+from ..errors import UserError
+from ..tasks import Task
+from ..tasks.causal_lm import gpt_config
+from ..tasks.common import parameter_counts
+from . import policy
+from .heads import PolicyWithValue, scored_rows
+from .logprobs import masked_mean, response_logprobs
+from .rollout import RolloutBatches
+
+ARCHS = ("gpt",)
+SAMPLES = True
+CLOZE = False
+HEADLINE = (("exact match", "exact_match", {"SFT": "sft_exact_match", "most frequent answer":
+                                            "frequent_answer_exact_match"}),)
 
 
 def kl_penalised_rewards(score, logp, ref_logp, mask, *, kl_coef):
@@ -78,3 +103,89 @@ def ppo_value_loss(values, old_values, returns, mask, *, clip):
     v_clip = clip(v, old_v - clip, old_v + clip) keeps one update from moving the value far. All (B, T) -> scalar."""
     v_clipped = old_values + ops.clip_by_value(values - old_values, -clip, clip)
     return 0.5 * masked_mean(ops.maximum((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
+
+
+@dataclass
+class Options(policy.RLOptions):
+    reward: str = opt("model", choices=("model",) + tuple(arithmetic.REWARDS),
+                      doc="model: the reward model run in ppo.reward_model (RLHF); exact_match / partial_credit: "
+                          "the problem's own answer (the control)")
+    reward_model: str = opt("", doc="the reward_model run that scores the answers (ppo.reward=model)")
+    kl_coef: float = opt(0.05, lo=0.0, doc="the per-token KL penalty to the SFT model (InstructGPT's beta)")
+    vf_coef: float = opt(0.5, lo=0.0, doc="weight of the value loss")
+    value_clip: float = opt(0.2, lo=0.0, lo_open=True, doc="how far a value may move from the rollout's")
+    gamma: float = opt(1.0, lo=0.0, hi=1.0)
+    lam: float = opt(0.95, lo=0.0, hi=1.0, doc="GAE's lambda")
+
+
+def check(cfg) -> None:
+    policy.check_rl(cfg)
+    o = cfg.options
+    if (o.reward == "model") != bool(o.reward_model):
+        raise UserError("ppo.reward=model scores answers with ppo.reward_model (a reward_model run); the other "
+                        "rewards (exact_match, partial_credit) take no reward model")
+
+
+def language_model(cfg, tokenizer):
+    """The policy and its value head, untrained (a checkpoint fills them): sampling reads the policy's logits."""
+    return PolicyWithValue(gpt_config(cfg, tokenizer.vocab_size))
+
+
+def scorer(o, start):
+    """score(rollout) -> (N,) rewards: the reward model's, or the problem's own."""
+    if o.reward != "model":
+        return lambda r: policy.rewards_of(r, start, o.reward)
+    from .reward_model import load_reward_model  # a reward model run opens through the loop's own task
+    rm, tokenizer = load_reward_model(o.reward_model)
+    if tokenizer.vocab_size != start.tokenizer.vocab_size:
+        raise UserError(f"ppo.reward_model='{o.reward_model}' has another tokenizer than the SFT run")
+    net = ms.jit(rm)
+
+    def score(r):
+        x, last = scored_rows(r["prompts"], r["responses"], pad=start.eos, length=start.length)
+        return net(Tensor(x), Tensor(last)).asnumpy()
+    return score
+
+
+def build(cfg) -> Task:
+    o = cfg.options
+    start = policy.Start(cfg, o.init)
+    model, reference = start.model(PolicyWithValue, cfg), start.reference(cfg)
+    score = scorer(o, start)
+
+    def values_of(x):
+        return model.policy_and_value(x)[1]
+    values_fn = ms.jit(values_of) if cfg.context.mode == "graph" else values_of
+
+    def collect(rng):
+        r = policy.rollout(model, start, list(rng.choice(len(start.train), o.rollout_batch, replace=False)),
+                           temperature=o.temperature, rng=rng)
+        x, y, mask = r["x"], r["y"], r["mask"]
+        model.set_train(False)
+        old_logp, entropy = policy.logprobs_of(model, x, y, entropy=True)
+        old_values = values_fn(Tensor(x)).asnumpy() * mask
+        ref_logp, scores = policy.logprobs_of(reference, x, y), score(r)
+        model.set_train(True)
+        rewards = kl_penalised_rewards(scores, old_logp, ref_logp, mask, kl_coef=o.kl_coef)
+        adv, returns = gae(rewards, old_values, mask, gamma=o.gamma, lam=o.lam)
+        stats = policy.rollout_stats(r, start, score=scores, logp=old_logp, ref_logp=ref_logp, entropy=entropy)
+        return (x, y, mask, old_logp, old_values, whiten(adv, mask), returns), stats
+
+    def loss_fn(x, y, mask, old_logp, old_values, adv, returns):
+        logits, values = model.policy_and_value(x)
+        pg, _, _ = ppo_policy_loss(response_logprobs(logits, y), old_logp, adv, mask, clip=o.clip)
+        return pg + o.vf_coef * ppo_value_loss(values, old_values, returns, mask, clip=o.value_clip)
+
+    batches = RolloutBatches(collect, minibatch=cfg.train.batch_size, epochs=o.epochs, seed=cfg.seed)
+    reward = f"the reward model {o.reward_model}" if o.reward == "model" else f"the {o.reward} reward"
+    return Task(model=model, loss_fn=loss_fn, tokenizer=start.tokenizer, train_batches=batches,
+                tokens_per_batch=cfg.train.batch_size * start.length, eval_batches=start.answer_batches(cfg),
+                eval_loss_fn=policy.answer_nll(model), baselines=start.baselines(),
+                eval_metrics=lambda net: policy.eval_metrics(net, start), final_eval=lambda net: policy.final_eval(
+                    net, start, cfg), train_stats=lambda: batches.stats, shown=("reward", "kl"),
+                describe=f"PPO from the SFT run {o.init} ({parameter_counts(model)}) against {reward}, KL "
+                         f"coefficient {o.kl_coef} | {o.rollout_batch} answers per rollout, {o.epochs} epochs")
+
+
+def report(s: dict) -> str:
+    return policy.report(s, "PPO")

@@ -57,3 +57,34 @@ def sequences(prompts: list[list[int]], responses: list[list[int]], *, pad: int,
         x[r, :len(ids) - 1] = ids[:-1]
         y[r, len(p) - 1:len(ids) - 1] = ids[len(p):]
     return x, y, (y != IGNORE).astype(np.float32)
+
+
+class RolloutBatches:
+    """The loop's batches for on-policy RL (PPO, GRPO): `collect(rng)` has the policy answer a fresh set of prompts
+    and returns (arrays, stats); its rows are then served as shuffled minibatches for `epochs` passes (PPO reuses
+    each rollout a few times) before the next collect. `stats` describe the latest rollout (reward, KL, ...).
+
+    The state is the Generator's, taken at a rollout boundary (the task makes checkpoints fall there): a resumed run
+    draws the same prompts and the same samples from the same weights."""
+
+    def __init__(self, collect, *, minibatch: int, epochs: int, seed: int):
+        self.collect, self.minibatch, self.epochs = collect, minibatch, epochs
+        self.rng = np.random.default_rng(seed)
+        self.queue, self.arrays, self.stats = [], None, {}
+
+    def next(self):
+        if not self.queue:
+            self.arrays, self.stats = self.collect(self.rng)
+            n = len(self.arrays[0])
+            for _ in range(self.epochs):
+                order = self.rng.permutation(n)
+                self.queue += [order[s:s + self.minibatch] for s in range(0, n, self.minibatch)]
+        rows = self.queue.pop(0)
+        return tuple(a[rows] for a in self.arrays)
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+        self.queue = []

@@ -8,6 +8,9 @@ through the same loop, and a config names its task with the `task:` key.
     instruct        instruction-tune a course GPT on question/answer records           tasks/instruct.py
     sft             fine-tune a course GPT to answer arithmetic problems (alignment)   align/sft.py
     reward_model    a scalar head on the SFT GPT, trained on preference pairs           align/reward_model.py
+    dpo             direct preference optimisation of the SFT GPT on the same pairs     align/dpo.py
+    ppo             RLHF: PPO against a reward (learned or exact), KL to the SFT GPT    align/ppo.py
+    grpo            GRPO: group-normalised rewards, no value head, KL to the SFT GPT    align/grpo.py
 
 A task module holds everything about its objective:
     ARCHS          the model.arch values it trains (the first is the default)
@@ -25,8 +28,8 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
-NAMES = ("causal_lm", "seq2seq_dates", "bert_pretrain", "classify", "instruct", "sft", "reward_model")
-ALIGNMENT = ("sft", "reward_model")  # the alignment week's steps live in mindllm/align/, one file per method
+NAMES = ("causal_lm", "seq2seq_dates", "bert_pretrain", "classify", "instruct", "sft", "reward_model", "dpo", "ppo", "grpo")
+ALIGNMENT = ("sft", "reward_model", "dpo", "ppo", "grpo")  # the alignment week's steps live in mindllm/align/, one file per method
 INSTRUCTION_CORPORA = ("instructions_en", "instructions_zh")
 
 
@@ -49,7 +52,7 @@ class Task:
     """One objective, ready to train: a batch is a tuple of arrays and `loss_fn(*batch)` its loss.
 
     `eval_metrics(model)` adds metrics such as val accuracy to every evaluation, `final_eval(model)` task metrics
-    such as test accuracy to the summary. `eval_loss_fn`, if given, is the loss evaluations report (a mixture of
+    such as test accuracy to the summary, `train_stats()` figures of the latest batches to every logged step. `eval_loss_fn`, if given, is the loss evaluations report (a mixture of
     experts trains on its loss plus a load-balancing term, and reports the loss alone)."""
     model: Any
     loss_fn: Callable
@@ -62,6 +65,8 @@ class Task:
     eval_metrics: Callable | None = None
     final_eval: Callable | None = None
     eval_loss_fn: Callable | None = None
+    train_stats: Callable | None = None  # () -> {name: float} of the batches just trained on (an RL rollout's reward)
+    shown: tuple = ()  # which of train_stats the progress bar shows
 
 
 def build(cfg) -> Task:
