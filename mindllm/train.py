@@ -56,6 +56,7 @@ class Run:
     scaler: object = None
     start: int = 0
     saved: str | None = None  # the newest checkpoint verified finite: what a failure names
+    t0: float = 0.0  # when train() began: the summary's wall time counts from it
 
     @property
     def ckpt_dir(self) -> str:
@@ -64,6 +65,7 @@ class Run:
 
 def train(cfg, log=print) -> dict:
     """Run one training job described by a Config. Returns the summary also written to out_dir/summary.json."""
+    t0 = time.perf_counter()
     try:
         target = device.setup(cfg.context, cfg.seed)
         check_runtime(cfg, target)
@@ -73,6 +75,7 @@ def train(cfg, log=print) -> dict:
         with runs.RunLock(cfg.out_dir) if dist.is_main else contextlib.nullcontext(), \
                 ctrl_c(lambda: f"interrupted: {last_good(run) if run else 'no checkpoint was written'}"):
             run = prepare(cfg, log if dist.is_main else _quiet, target, dist)
+            run.t0 = t0
             loop(run)
             return finish(run)
     except OSError as e:  # out_dir under a file, a full disk, a read-only directory
@@ -326,6 +329,7 @@ def finish(run: Run) -> dict:
     if run.task.final_eval is not None:
         model.set_train(False)
         summary.update(run.task.final_eval(model))
+    summary["wall_seconds"] = time.perf_counter() - run.t0  # data, compiles, steps, evaluations, final evaluation
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     run.log(tasks.get(cfg.task).report(summary))

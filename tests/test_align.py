@@ -195,3 +195,92 @@ def test_one_policy_gradient_step_favours_the_better_answers(sft_run, tmp_path, 
     task.model.set_train(True)
     one_gradient_step(task, batch)
     assert float((centred * (sequence_logps(task, x, y) - before)).sum()) > 0
+
+
+def test_the_reference_stays_bit_identical_while_the_policy_trains(sft_run, tmp_path):
+    from mindllm import tasks
+    from mindllm.checkpoint import named_arrays
+    from mindllm.runs import load_model
+    os.makedirs(tmp_path / "g")
+    task = tasks.build(rl_config("grpo", sft_run[0], tmp_path / "g", "grpo.group_size=4", "grpo.reward=partial_credit"))
+    sft = named_arrays(load_model(sft_run[0])[0])
+    for _ in range(2):
+        one_gradient_step(task, task.train_batches.next())
+    policy, ref = named_arrays(task.model), named_arrays(task.reference)
+    assert any(not np.array_equal(policy[k], sft[k]) for k in sft)  # the policy moved
+    assert all(np.array_equal(ref[k], sft[k]) for k in sft)  # the reference did not, by a single bit
+
+
+def ppo_args(sft, out, *extra):
+    return ["task=ppo", f"ppo.init={sft}", f"out_dir={out}", "ppo.reward=partial_credit", "ppo.reward_model=",
+            "ppo.rollout_batch=16", "ppo.epochs=1", "train.batch_size=16", "train.lr_decay_iters=8",
+            "train.eval_interval=100", "train.eval_iters=1", "train.progress=false", "sample.max_new_tokens=0",
+            *extra]
+
+
+def test_a_ppo_run_resumed_after_kill_9_equals_the_uninterrupted_run(sft_run, tmp_path):
+    """Rollouts are drawn from the data RNG saved with each checkpoint (checkpoints fall between rollouts), so the
+    resumed run samples the same answers from the same weights: bit-identical to the run never killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mindllm.config import save_config
+    from mindllm.train import weights_digest
+    from mindllm.runs import load_model
+    full = tmp_path / "full"
+    train(load_config(None, ppo_args(sft_run[0], full, "train.max_iters=8", "train.ckpt_interval=2")),
+          log=lambda *a: None)
+    victim = load_config(None, ppo_args(sft_run[0], tmp_path / "killed", "train.max_iters=100000",
+                                        "train.ckpt_interval=2"))
+    save_config(victim, tmp_path / "victim.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "mindllm.train", str(tmp_path / "victim.yaml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "ckpt" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (latest.exists() and latest.read_text().strip() >= "step_0000004"):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(latest.read_text().strip().split("_")[1])
+    assert 4 <= killed_at < 8, killed_at
+    train(load_config(None, ppo_args(sft_run[0], tmp_path / "killed", "train.max_iters=8", "train.ckpt_interval=2",
+                                     "resume=true")), log=lambda *a: None)
+    assert weights_digest(load_model(str(full))[0]) == weights_digest(load_model(str(tmp_path / "killed"))[0])
+
+
+@pytest.mark.parametrize("args, says", [
+    (["task=dpo", "dpo.init={sft}"], "without pairs"),
+    (["task=ppo", "ppo.init={sft}", "ppo.kl_coef=-0.1"], "kl_coef"),
+    (["task=ppo", "ppo.init={sft}", "ppo.reward_model={sft}"], "not a reward model"),
+    (["task=ppo", "ppo.init={sft}", "ppo.reward=exact_match", "ppo.rollout_batch=24", "train.batch_size=16"],
+     "multiple of train.batch_size"),
+    (["task=grpo", "grpo.init={sft}", "grpo.rollout_batch=12", "grpo.group_size=8", "train.batch_size=4"],
+     "multiple of grpo.group_size"),
+    (["task=grpo", "grpo.init={sft}", "train.max_iters=3", "grpo.rollout_batch=16", "train.batch_size=16"],
+     "between rollouts"),
+    (["task=grpo", "grpo.init={base}"], "not one of the alignment runs"),
+])
+def test_bad_alignment_configs_get_one_line_and_exit_2(sft_run, tmp_path, capsys, args, says):
+    from mindllm.train import main
+    sft = sft_run[0]
+    base = os.path.join(os.path.dirname(sft), "base")
+    with pytest.raises(SystemExit) as e:
+        main(["train.batch_size=16", "train.max_iters=8", "train.ckpt_interval=8"] +
+             [a.format(sft=sft, base=base) for a in args] + [f"out_dir={tmp_path / 'x'}", "train.progress=false"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_reward_model_run_is_not_a_policy(sft_run, tmp_path, capsys):
+    from mindllm import sample
+    out = tmp_path / "pairs.jsonl"
+    pairs.main([sft_run[0], "--out", str(out), "--train-problems", "30", "--test-problems", "20"])
+    rm = tmp_path / "rm"
+    train(load_config(None, ["task=reward_model", f"reward_model.init={sft_run[0]}", f"reward_model.pairs={out}",
+                             f"out_dir={rm}", "train.max_iters=4", "train.batch_size=4", "train.eval_iters=1",
+                             "train.progress=false"]), log=lambda *a: None)
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(rm), "--prompt", "1 plus 2 is "])
+    assert e.value.code == 2 and "language model" in capsys.readouterr().err

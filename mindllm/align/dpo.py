@@ -48,6 +48,8 @@ class Options:
     pairs: str = opt("", doc="the pairs.jsonl written by python -m mindllm.align.pairs from the same SFT run")
     beta: float = opt(0.1, lo=0.0, lo_open=True, doc="how far from the reference the implicit reward lets the "
                                                      "policy go: smaller beta, larger KL")
+    nll_weight: float = opt(0.0, lo=0.0, doc="adds this times the NLL of the chosen answers (RPO, Pang et al. 2024; "
+                                             "TRL's rpo_alpha): keeps DPO from lowering the chosen answers too")
 
 
 def check(cfg) -> None:
@@ -79,7 +81,10 @@ def build(cfg) -> Task:
         return response_logprobs(model(x), y).sum(-1)
 
     def loss_fn(xc, yc, xr, yr, ref_c, ref_r):
-        loss, _, _ = dpo_loss(sequence_logp(xc, yc), sequence_logp(xr, yr), ref_c, ref_r, beta=o.beta)
+        chosen = response_logprobs(model(xc), yc)  # (B, T)
+        loss, _, _ = dpo_loss(chosen.sum(-1), sequence_logp(xr, yr), ref_c, ref_r, beta=o.beta)
+        if o.nll_weight > 0:  # per chosen token, as the SFT loss
+            loss = loss - o.nll_weight * chosen.sum() / ops.maximum((yc >= 0).sum(), 1).astype(chosen.dtype)
         return loss
 
     def pair_metrics(net) -> dict:
@@ -99,7 +104,7 @@ def build(cfg) -> Task:
     return Task(model=model, loss_fn=loss_fn, tokenizer=start.tokenizer, tokens_per_batch=2 * batch * start.length,
                 train_batches=RowBatches(arrays["train"], batch, cfg.seed), eval_batches=eval_batches,
                 eval_loss_fn=policy.answer_nll(model), baselines=start.baselines(), eval_metrics=eval_metrics,
-                final_eval=final_eval,
+                final_eval=final_eval, reference=reference,
                 describe=f"DPO (beta {o.beta}) from the SFT run {o.init} ({parameter_counts(model)}) on "
                          f"{len(arrays['train'][0])} train / {len(arrays['test'][0])} held-out preference pairs")
 

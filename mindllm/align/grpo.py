@@ -73,10 +73,10 @@ class Options(policy.RLOptions):
 
 
 def check(cfg) -> None:
-    policy.check_rl(cfg)
     o = cfg.options
     if o.rollout_batch % o.group_size:
         raise UserError(f"grpo.rollout_batch={o.rollout_batch} must be a multiple of grpo.group_size={o.group_size}")
+    policy.check_rl(cfg)
 
 
 def build(cfg) -> Task:
@@ -109,7 +109,7 @@ def build(cfg) -> Task:
                 eval_loss_fn=policy.answer_nll(model), baselines=start.baselines(),
                 eval_metrics=lambda net: policy.eval_metrics(net, start),
                 final_eval=lambda net: policy.final_eval(net, start, cfg), train_stats=lambda: batches.stats,
-                shown=("reward", "kl"),
+                shown=("reward", "kl"), reference=reference,
                 describe=f"GRPO from the SFT run {o.init} ({parameter_counts(model)}) with the {o.reward} reward, "
                          f"beta {o.beta} | {o.rollout_batch // o.group_size} problems x {o.group_size} answers per "
                          f"rollout, {o.epochs} epochs")

@@ -44,6 +44,7 @@ class Start:
         self.length = max(len(p) for p in self.prompts + problems.encode_prompts(self.test, self.tokenizer)) + \
             self.max_new
         self.tokenizer.save(os.path.join(cfg.out_dir, runs.TOKENIZER))
+        self._reference = None
 
     def model(self, cls=GPT, cfg=None):
         """A fresh `cls` (GPT or a subclass with a head) holding the SFT weights; a head starts as it initialises."""
@@ -53,12 +54,14 @@ class Start:
         return net
 
     def reference(self, cfg):
-        """The frozen SFT model: never handed to the optimizer, so its weights stay bit-identical."""
-        ref = kernels.fuse(self.model(GPT, cfg))  # the same kernels as the policy: equal weights, equal numbers
-        ref.set_train(False)
-        for p in ref.get_parameters():
-            p.requires_grad = False
-        return ref
+        """The frozen SFT model (one per run): never handed to the optimizer, so its weights stay bit-identical."""
+        if self._reference is None:
+            ref = kernels.fuse(self.model(GPT, cfg))  # the same kernels as the policy: equal weights, equal numbers
+            ref.set_train(False)
+            for p in ref.get_parameters():
+                p.requires_grad = False
+            self._reference = ref
+        return self._reference
 
     def answer_batches(self, cfg) -> dict:
         """Fixed batches of the held-out problems with their right answers: what evaluations report as "val loss"

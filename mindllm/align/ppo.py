@@ -182,7 +182,7 @@ def build(cfg) -> Task:
                 tokens_per_batch=cfg.train.batch_size * start.length, eval_batches=start.answer_batches(cfg),
                 eval_loss_fn=policy.answer_nll(model), baselines=start.baselines(),
                 eval_metrics=lambda net: policy.eval_metrics(net, start), final_eval=lambda net: policy.final_eval(
-                    net, start, cfg), train_stats=lambda: batches.stats, shown=("reward", "kl"),
+                    net, start, cfg), train_stats=lambda: batches.stats, shown=("reward", "kl"), reference=reference,
                 describe=f"PPO from the SFT run {o.init} ({parameter_counts(model)}) against {reward}, KL "
                          f"coefficient {o.kl_coef} | {o.rollout_batch} answers per rollout, {o.epochs} epochs")
 

@@ -66,7 +66,8 @@ def encode(texts: list[str], tokenizer) -> list[list[int]]:
         return [tokenizer.encode(t) for t in texts]
     except UserError as e:
         raise UserError(f"the start model's tokenizer cannot write these problems ({e}); start from a character GPT "
-                        f"of the same language (English: the Shakespeare run, Chinese: the People's Daily run)") from None
+                        f"of the same language (English: the Shakespeare run, Chinese: the People's Daily run)"
+                        ) from None
 
 
 def encode_prompts(problems: list[dict], tokenizer) -> list[list[int]]:

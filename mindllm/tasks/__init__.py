@@ -67,6 +67,7 @@ class Task:
     eval_loss_fn: Callable | None = None
     train_stats: Callable | None = None  # () -> {name: float} of the batches just trained on (an RL rollout's reward)
     shown: tuple = ()  # which of train_stats the progress bar shows
+    reference: Any = None  # a frozen model the loss measures the trained one against (alignment's SFT model)
 
 
 def build(cfg) -> Task:
