@@ -10,7 +10,6 @@ import math
 import os
 from dataclasses import dataclass
 
-import numpy as np
 
 from .. import runs
 from ..config import opt
