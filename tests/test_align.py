@@ -219,6 +219,7 @@ def ppo_args(sft, out, *extra):
             *extra]
 
 
+@pytest.mark.slow
 def test_a_ppo_run_resumed_after_kill_9_equals_the_uninterrupted_run(sft_run, tmp_path, capsys):
     """Rollouts are drawn from the data RNG saved with each checkpoint (checkpoints fall between rollouts), so the
     resumed run samples the same answers from the same weights: bit-identical to the run never killed."""
@@ -256,6 +257,7 @@ def test_a_ppo_run_resumed_after_kill_9_equals_the_uninterrupted_run(sft_run, tm
     assert capsys.readouterr().out.startswith("1 plus 2 is ")
 
 
+@pytest.mark.slow
 def test_sft_in_chinese_from_a_peoples_daily_gpt(tmp_path):
     """The Chinese problems (三加四等于七) through the same SFT task, from a character GPT of People's Daily."""
     from mindllm.data import load_corpus
@@ -293,6 +295,7 @@ def test_bad_alignment_configs_get_one_line_and_exit_2(sft_run, tmp_path, capsys
     assert e.value.code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_reward_model_run_is_not_a_policy(sft_run, tmp_path, capsys):
     from mindllm import sample
     out = tmp_path / "pairs.jsonl"
