@@ -296,7 +296,7 @@ def test_bad_alignment_configs_get_one_line_and_exit_2(sft_run, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_a_reward_model_run_is_not_a_policy(sft_run, tmp_path, capsys):
+def test_a_reward_model_scores_ppo_and_is_not_a_policy(sft_run, tmp_path, capsys):
     from mindllm import sample
     out = tmp_path / "pairs.jsonl"
     pairs.main([sft_run[0], "--out", str(out), "--train-problems", "30", "--test-problems", "20"])
@@ -307,3 +307,9 @@ def test_a_reward_model_run_is_not_a_policy(sft_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", str(rm), "--prompt", "1 plus 2 is "])
     assert e.value.code == 2 and "language model" in capsys.readouterr().err
+    os.remove(out)  # PPO opens the reward model from its own run alone
+    s = train(load_config(None, ppo_args(sft_run[0], tmp_path / "ppo", "ppo.reward=model", f"ppo.reward_model={rm}",
+                                         "train.max_iters=2", "train.ckpt_interval=2", "train.log_interval=1")),
+              log=lambda *a: None)
+    records = [json.loads(line) for line in open(tmp_path / "ppo" / "metrics.jsonl")]
+    assert [r["step"] for r in records if "reward" in r] == [1, 2] and "kl_from_sft" in s  # the learned scores
