@@ -313,3 +313,4 @@ def test_a_reward_model_scores_ppo_and_is_not_a_policy(sft_run, tmp_path, capsys
               log=lambda *a: None)
     records = [json.loads(line) for line in open(tmp_path / "ppo" / "metrics.jsonl")]
     assert [r["step"] for r in records if "reward" in r] == [1, 2] and "kl_from_sft" in s  # the learned scores
+    assert np.isfinite([s["reward_model_score"], s["sft_reward_model_score"]]).all()  # beside the task's own reward
