@@ -9,7 +9,8 @@ from mindspore import Tensor
 
 from conftest import train_tiny
 from mindllm import device
-from mindllm.align import heads, pairs, problems
+from mindllm import sample
+from mindllm.align import compare, heads, pairs, problems
 from mindllm.align.rollout import sample_responses, sequences
 from mindllm.config import load_config
 from mindllm.data.dataset import IGNORE
@@ -218,7 +219,8 @@ def ppo_args(sft, out, *extra):
             *extra]
 
 
-def test_a_ppo_run_resumed_after_kill_9_equals_the_uninterrupted_run(sft_run, tmp_path):
+@pytest.mark.slow
+def test_a_ppo_run_resumed_after_kill_9_equals_the_uninterrupted_run(sft_run, tmp_path, capsys):
     """Rollouts are drawn from the data RNG saved with each checkpoint (checkpoints fall between rollouts), so the
     resumed run samples the same answers from the same weights: bit-identical to the run never killed."""
     import signal
@@ -248,6 +250,26 @@ def test_a_ppo_run_resumed_after_kill_9_equals_the_uninterrupted_run(sft_run, tm
     train(load_config(None, ppo_args(sft_run[0], tmp_path / "killed", "train.max_iters=8", "train.ckpt_interval=2",
                                      "resume=true")), log=lambda *a: None)
     assert weights_digest(load_model(str(full))[0]) == weights_digest(load_model(str(tmp_path / "killed"))[0])
+    compare.main([sft_run[0], str(full), str(tmp_path / "killed")])  # two runs of one method: one row, two runs
+    table = capsys.readouterr().out
+    assert "| PPO (partial_credit reward, KL 0.05) | 2 |" in table and "| SFT | 1 |" in table
+    sample.main(["--ckpt", str(full), "--prompt", "1 plus 2 is ", "--max-new-tokens", "3"])  # a PPO run samples
+    assert capsys.readouterr().out.startswith("1 plus 2 is ")
+
+
+@pytest.mark.slow
+def test_sft_in_chinese_from_a_peoples_daily_gpt(tmp_path):
+    """The Chinese problems (三加四等于七) through the same SFT task, from a character GPT of People's Daily."""
+    from mindllm.data import load_corpus
+    corpus = tmp_path / "pd.txt"
+    corpus.write_text(load_corpus("peoples_daily")[:200_000] + "\n零一二三四五六七八九十百千万加等于\n", encoding="utf-8")
+    base = train_tiny(str(corpus), tmp_path / "base", "train.max_iters=10", "model.block_size=32")
+    s = train(load_config(None, ["task=sft", f"sft.init={base}", f"out_dir={tmp_path / 'sft'}", "sft.lang=zh",
+                                 "sft.digits=1", "sft.train_problems=40", "sft.test_problems=20", "train.max_iters=4",
+                                 "train.batch_size=8", "train.eval_iters=1", "train.progress=false",
+                                 "sample.max_new_tokens=0"]), log=lambda *a: None)
+    q, _, right = s["answers"][0]
+    assert q.endswith("等于") and "加" in q and right and all(c in "零一二三四五六七八九十百千万" for c in right)
 
 
 @pytest.mark.parametrize("args, says", [
@@ -273,7 +295,8 @@ def test_bad_alignment_configs_get_one_line_and_exit_2(sft_run, tmp_path, capsys
     assert e.value.code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_reward_model_run_is_not_a_policy(sft_run, tmp_path, capsys):
+@pytest.mark.slow
+def test_a_reward_model_scores_ppo_and_is_not_a_policy(sft_run, tmp_path, capsys):
     from mindllm import sample
     out = tmp_path / "pairs.jsonl"
     pairs.main([sft_run[0], "--out", str(out), "--train-problems", "30", "--test-problems", "20"])
@@ -284,3 +307,10 @@ def test_a_reward_model_run_is_not_a_policy(sft_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", str(rm), "--prompt", "1 plus 2 is "])
     assert e.value.code == 2 and "language model" in capsys.readouterr().err
+    os.remove(out)  # PPO opens the reward model from its own run alone
+    s = train(load_config(None, ppo_args(sft_run[0], tmp_path / "ppo", "ppo.reward=model", f"ppo.reward_model={rm}",
+                                         "train.max_iters=2", "train.ckpt_interval=2", "train.log_interval=1")),
+              log=lambda *a: None)
+    records = [json.loads(line) for line in open(tmp_path / "ppo" / "metrics.jsonl")]
+    assert [r["step"] for r in records if "reward" in r] == [1, 2] and "kl_from_sft" in s  # the learned scores
+    assert np.isfinite([s["reward_model_score"], s["sft_reward_model_score"]]).all()  # beside the task's own reward

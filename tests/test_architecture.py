@@ -114,9 +114,10 @@ def test_each_task_is_one_module_behind_the_registry():
 
     for name in tasks.NAMES:
         module = tasks.get(name)
-        assert module.__file__.endswith(os.path.join("tasks", f"{name}.py"))
+        home = "align" if name in tasks.ALIGNMENT else "tasks"  # the alignment week's methods: mindllm/align/
+        assert module.__file__.endswith(os.path.join(home, f"{name}.py"))
         for attr in ("ARCHS", "SAMPLES", "CLOZE", "HEADLINE", "Options", "check", "build", "report"):
-            assert hasattr(module, attr), f"tasks/{name}.py lacks {attr}"
+            assert hasattr(module, attr), f"{home}/{name}.py lacks {attr}"
     # old configs name their task by model.arch and data.corpus
     assert [tasks.infer(a, c) for a, c in [("gpt", "shakespeare"), ("gpt", "instructions_zh"), ("transformer", "dates"),
                                            ("bert", "peoples_daily"), ("bert_classifier", "tweets_en")]] == \

@@ -16,7 +16,8 @@ import numpy as np
 from .. import runs
 from ..errors import ArgumentParser, UserError, cli
 
-COLUMNS = (("exact match", "exact_match", "{:.1%}"), ("mean reward", "reward", "{:.3f}"),
+COLUMNS = (("exact match", "exact_match", "{:.1%}"), ("task reward", "reward", "{:.3f}"),
+           ("reward-model score", "reward_model_score", "{:.3f}"),
            ("KL from SFT (nats/answer)", "kl_from_sft", "{:.3f}"), ("answer length (chars)", "answer_chars", "{:.2f}"),
            ("wall time (s)", "wall_seconds", "{:.0f}"))
 
@@ -56,13 +57,14 @@ def table(paths: list[str]) -> str:
         cells = []
         for _, key, fmt in COLUMNS:
             values = [s[key] for s in items if key in s]
-            cell = fmt.format(np.mean(values)) if values else "n/a"
+            cell = fmt.format(np.mean(values)) if values else ""
             if len(values) > 1:
                 cell += " ± " + fmt.format(np.std(values, ddof=1)).rstrip("%") + ("%" if "%" in fmt else "")
             cells.append(cell)
         out.append(f"| {name} | {len(items)} | " + " | ".join(cells) + " |")
-    out.append(f"| always the most frequent answer | - | {first['frequent_answer_exact_match']:.1%} | | | | |")
-    out.append(f"| a random training answer | - | {first['random_answer_exact_match']:.1%} | | | | |")
+    blank = " |" * (len(COLUMNS) - 1)
+    out.append(f"| always the most frequent answer | - | {first['frequent_answer_exact_match']:.1%} |{blank}")
+    out.append(f"| a random training answer | - | {first['random_answer_exact_match']:.1%} |{blank}")
     return "\n".join(out)
 
 

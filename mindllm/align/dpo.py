@@ -91,7 +91,9 @@ def build(cfg) -> Task:
         """The implicit reward beta log(pi / pi_ref) on held-out pairs: does it rank them as the answers do?"""
         xc, yc, xr, yr, ref_c, ref_r = arrays["test"]
         margin = (policy.logprobs_of(net, xc, yc).sum(-1) - ref_c) - (policy.logprobs_of(net, xr, yr).sum(-1) - ref_r)
-        return {"pair_accuracy": float(np.mean(margin > 0)), "reward_margin": float(o.beta * margin.mean())}
+        # a tie (the policy still equals the reference, at step 0) ranks half right, as a coin would
+        return {"pair_accuracy": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
+                "reward_margin": float(o.beta * margin.mean())}
 
     def eval_metrics(net) -> dict:
         return {**pair_metrics(net), **policy.eval_metrics(net, start)}

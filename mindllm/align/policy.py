@@ -49,8 +49,11 @@ class Start:
     def model(self, cls=GPT, cfg=None):
         """A fresh `cls` (GPT or a subclass with a head) holding the SFT weights; a head starts as it initialises."""
         net = cls(gpt_config(cfg, self.tokenizer.vocab_size))
-        new = {n for n, _ in net.parameters_and_names()} - set(self.weights)
-        load_arrays(net, self.weights, "the SFT run", skip=tuple(new))
+        names = {n for n, _ in net.parameters_and_names()}
+        # a head the start run lacks starts as it initialises; one it has and `cls` lacks (a PPO run's value head,
+        # when a method starts from it) stays behind
+        load_arrays(net, {k: v for k, v in self.weights.items() if k in names}, "the start run",
+                    skip=tuple(names - set(self.weights)))
         return net
 
     def reference(self, cfg):
@@ -66,7 +69,8 @@ class Start:
     def answer_batches(self, cfg) -> dict:
         """Fixed batches of the held-out problems with their right answers: what evaluations report as "val loss"
         (the policy's NLL of correct answers; a policy that drifts away from them shows it here)."""
-        arrays, _ = sft.encode({"train": self.train, "test": self.test}, self.tokenizer, self.eos, self.length)
+        arrays, _ = sft.encode({"train": self.train, "test": self.test}, self.tokenizer, self.eos,
+                               cfg.model.block_size)
         self.answer_ids = [a[a != IGNORE] for a in (arrays["train"][1], arrays["test"][1])]
         return {name: fixed_batches(RowBatches, (arrays[split], cfg.train.batch_size), cfg.seed + 1,
                                     cfg.train.eval_iters) for name, split in (("train", "train"), ("val", "test"))}
@@ -173,12 +177,15 @@ def check_rl(cfg) -> None:
                             f"between rollouts and a resumed run repeats the same ones")
 
 
+DECODE_ROWS = 128  # rows the decoder runs at once: prompts of one length fill batches of this size (one graph)
+
+
 def rollout(net, start: Start, rows: list[int], *, temperature: float, rng) -> dict:
     """The policy's answers to the training problems `rows`: tokens, texts and the rows of the loss."""
     items = [start.train[i] for i in rows]
     prompts = [start.prompts[i] for i in rows]
     responses = sample_responses(net, prompts, eos=start.eos, max_new_tokens=start.max_new, temperature=temperature,
-                                 seed=int(rng.integers(2 ** 31)), batch_size=len(rows))
+                                 seed=int(rng.integers(2 ** 31)), batch_size=min(len(rows), DECODE_ROWS))
     net.set_train(True)  # the decoder left it in eval mode
     x, y, mask = sequences(prompts, responses, pad=start.eos, length=start.length)
     texts = [start.tokenizer.decode(r) for r in responses]

@@ -24,10 +24,10 @@ from ..errors import UserError
 from ..tasks import Task
 from ..tasks.causal_lm import gpt_config
 from ..tasks.common import parameter_counts
-from . import policy
+from . import policy, problems
 from .heads import PolicyWithValue, scored_rows
 from .logprobs import masked_mean, response_logprobs
-from .rollout import RolloutBatches
+from .rollout import RolloutBatches, sample_responses
 
 ARCHS = ("gpt",)
 SAMPLES = True
@@ -147,6 +147,14 @@ def scorer(o, start):
     return score
 
 
+def greedy_score(net, start, score) -> float:
+    """The reward model's mean score of `net`'s greedy answers to the held-out problems."""
+    prompts = problems.encode_prompts(start.test, start.tokenizer)
+    responses = sample_responses(net, prompts, eos=start.eos, max_new_tokens=start.max_new, temperature=0.0,
+                                 seed=0, batch_size=min(policy.DECODE_ROWS, len(prompts)))
+    return float(np.mean(score({"prompts": prompts, "responses": responses})))
+
+
 def build(cfg) -> Task:
     o = cfg.options
     start = policy.Start(cfg, o.init)
@@ -176,16 +184,25 @@ def build(cfg) -> Task:
         pg, _, _ = ppo_policy_loss(response_logprobs(logits, y), old_logp, adv, mask, clip=o.clip)
         return pg + o.vf_coef * ppo_value_loss(values, old_values, returns, mask, clip=o.value_clip)
 
+    def final_eval(net) -> dict:
+        out = policy.final_eval(net, start, cfg)
+        if o.reward == "model":  # what the policy optimised, beside what it was meant to: hacking shows here
+            out.update(reward_model_score=greedy_score(net, start, score),
+                       sft_reward_model_score=greedy_score(reference, start, score))
+        return out
+
     batches = RolloutBatches(collect, minibatch=cfg.train.batch_size, epochs=o.epochs, seed=cfg.seed)
     reward = f"the reward model {o.reward_model}" if o.reward == "model" else f"the {o.reward} reward"
     return Task(model=model, loss_fn=loss_fn, tokenizer=start.tokenizer, train_batches=batches,
                 tokens_per_batch=cfg.train.batch_size * start.length, eval_batches=start.answer_batches(cfg),
                 eval_loss_fn=policy.answer_nll(model), baselines=start.baselines(),
-                eval_metrics=lambda net: policy.eval_metrics(net, start), final_eval=lambda net: policy.final_eval(
-                    net, start, cfg), train_stats=lambda: batches.stats, shown=("reward", "kl"), reference=reference,
+                eval_metrics=lambda net: policy.eval_metrics(net, start), final_eval=final_eval,
+                train_stats=lambda: batches.stats, shown=("reward", "kl"), reference=reference,
                 describe=f"PPO from the SFT run {o.init} ({parameter_counts(model)}) against {reward}, KL "
                          f"coefficient {o.kl_coef} | {o.rollout_batch} answers per rollout, {o.epochs} epochs")
 
 
 def report(s: dict) -> str:
-    return policy.report(s, "PPO")
+    learned = (f"\nthe reward model's mean score of the greedy held-out answers: {s['reward_model_score']:.3f} (SFT "
+               f"{s['sft_reward_model_score']:.3f})") if "reward_model_score" in s else ""
+    return policy.report(s, "PPO") + learned

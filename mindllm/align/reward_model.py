@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 from mindspore import Tensor, ops
 
-from .. import runs
+from .. import kernels, runs
 from ..checkpoint import named_arrays, load_arrays
 from ..config import opt
+from ..data import load_tokenizer
 from ..data.dataset import RowBatches
 from ..errors import UserError
 from ..tasks import Task
@@ -57,12 +58,19 @@ def check(cfg) -> None:
 
 
 def load_reward_model(path: str):
-    """(model, tokenizer) of a trained reward-model run, in eval mode: PPO's learned reward."""
-    task, cfg = runs.load_trained(path)
+    """(model, tokenizer) of a trained reward-model run, in eval mode: PPO's learned reward. Built from the run's
+    own config and checkpoint alone (its SFT run and pairs file may have moved since)."""
+    out_dir, ckpt = runs.locate(path)
+    cfg = runs.read_config(out_dir)
     if cfg.task != "reward_model":
         raise UserError(f"'{path}' is a {cfg.task} run, not a reward model (train one with "
                         f"configs/align_reward_model.yaml)")
-    return task.model, task.tokenizer
+    tokenizer = load_tokenizer(os.path.join(out_dir, runs.TOKENIZER))
+    model = RewardModel(gpt_config(cfg, tokenizer.vocab_size))
+    runs.restore(model, out_dir, ckpt)
+    kernels.fuse(model)  # as it was trained (on CPU)
+    model.set_train(False)
+    return model, tokenizer
 
 
 def from_sft(cfg, init: str):
