@@ -253,6 +253,8 @@ def test_a_ppo_run_resumed_after_kill_9_equals_the_uninterrupted_run(sft_run, tm
     compare.main([sft_run[0], str(full), str(tmp_path / "killed")])  # two runs of one method: one row, two runs
     table = capsys.readouterr().out
     assert "| PPO (partial_credit reward, KL 0.05) | 2 |" in table and "| SFT | 1 |" in table
+    start = json.load(open(os.path.join(sft_run[0], "summary.json")))["start_exact_match"]
+    assert f"| pretrained GPT (before SFT) | 1 | {start:.1%} |" in table  # the SFT run scored its start model
     sample.main(["--ckpt", str(full), "--prompt", "1 plus 2 is ", "--max-new-tokens", "3"])  # a PPO run samples
     assert capsys.readouterr().out.startswith("1 plus 2 is ")
 

@@ -1,6 +1,7 @@
 """`python -m mindllm.align.compare RUN [RUN ...]`: the alignment table, one row per method, from the runs'
 summary.json files. Runs of the same method and settings but another seed are one row: mean ± standard deviation
-over the seeds (and how many), so a difference smaller than the spread reads as what it is.
+over the seeds (and how many), so a difference smaller than the spread reads as what it is. An SFT run adds the
+row of its start, the pretrained GPT, which it scored on the same held-out problems.
 
     python -m mindllm.align.compare runs/align/sft runs/align/ppo_s* runs/align/grpo_s* --markdown
 """
@@ -51,7 +52,10 @@ def table(paths: list[str]) -> str:
     for p in paths:
         name, s = row_of(p)
         rows[name].append(s)
-    first = next(iter(rows.values()))[0]
+    first = next(iter(rows.values()))[0]  # every alignment run states the trivial baselines
+    if "SFT" in rows:  # the start of SFT, the pretrained GPT, was scored on the same problems by the SFT run
+        rows = {"pretrained GPT (before SFT)": [{"exact_match": s["start_exact_match"], "reward": s["start_reward"]}
+                                                for s in rows["SFT"]], **rows}
     out = ["| method | runs | " + " | ".join(c for c, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
     for name, items in rows.items():
         cells = []
