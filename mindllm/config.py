@@ -337,7 +337,7 @@ class _Loader(yaml.SafeLoader):
 
 def read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
-        raise UserError(f"config file '{shown(path, 200)}' not found (try one of the files in configs/)")
+        raise UserError(f"config file {shown(path, 200)} not found (try one of the files in configs/)")
     if os.path.getsize(path) > MAX_FILE:
         raise UserError(f"config file '{path}' is {os.path.getsize(path):,} bytes; a config is a few KB of YAML")
     try:
@@ -356,14 +356,14 @@ def read_yaml(path: str) -> dict:
 def apply_override(data: dict, item: str) -> None:
     """Apply one `dotted.key=value` override in place; the value's type is settled against the schema."""
     if "=" not in item:
-        raise UserError(f"override '{shown(item, 200)}' must look like key=value, e.g. train.max_iters=200")
+        raise UserError(f"override {shown(item, 200)} must look like key=value, e.g. train.max_iters=200")
     if len(item) > 2 * MAX_TEXT:
-        raise UserError(f"override '{shown(item, 60)}' is {len(item):,} characters long; values are at most "
+        raise UserError(f"override {shown(item, 60)} is {len(item):,} characters long; values are at most "
                         f"{MAX_TEXT:,}")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise UserError(f"override '{shown(item, 200)}' has an empty key part")
+        raise UserError(f"override {shown(item, 200)} has an empty key part")
     node = data
     for i, p in enumerate(parts[:-1]):
         node = node.setdefault(p, {})

@@ -250,8 +250,13 @@ def test_a_ppo_run_resumed_after_kill_9_equals_the_uninterrupted_run(sft_run, tm
     train(load_config(None, ppo_args(sft_run[0], tmp_path / "killed", "train.max_iters=8", "train.ckpt_interval=2",
                                      "resume=true")), log=lambda *a: None)
     assert weights_digest(load_model(str(full))[0]) == weights_digest(load_model(str(tmp_path / "killed"))[0])
-    compare.main([sft_run[0], str(full), str(tmp_path / "killed")])  # two runs of one method: one row, two runs
+    png = tmp_path / "curves.png"  # two runs of one method: one row, two runs; their curves drawn
+    compare.main([sft_run[0], str(full), str(tmp_path / "killed"), "--plot", str(png)])
     table = capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    with pytest.raises(SystemExit) as e:
+        compare.main([sft_run[0], str(full), "--plot", str(tmp_path / "no" / "such" / "dir.png")])
+    assert e.value.code == 2 and "cannot write the plot" in capsys.readouterr().err
     assert "| PPO (partial_credit reward, KL 0.05) | 2 |" in table and "| SFT | 1 |" in table
     start = json.load(open(os.path.join(sft_run[0], "summary.json")))["start_exact_match"]
     assert f"| pretrained GPT (before SFT) | 1 | {start:.1%} |" in table  # the SFT run scored its start model
@@ -316,3 +321,6 @@ def test_a_reward_model_scores_ppo_and_is_not_a_policy(sft_run, tmp_path, capsys
     records = [json.loads(line) for line in open(tmp_path / "ppo" / "metrics.jsonl")]
     assert [r["step"] for r in records if "reward" in r] == [1, 2] and "kl_from_sft" in s  # the learned scores
     assert np.isfinite([s["reward_model_score"], s["sft_reward_model_score"]]).all()  # beside the task's own reward
+    compare.main([sft_run[0], str(tmp_path / "ppo")])  # the SFT row shows the reward model's score of SFT's answers
+    sft_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| SFT |"))
+    assert sft_row.split(" | ")[4] == f"{s['sft_reward_model_score']:.3f}", sft_row
