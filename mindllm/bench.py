@@ -9,6 +9,7 @@ lines (PyTorch is a dev dependency, imported only in its workers).
     python -m mindllm.bench                  # both shapes, JSON + Markdown in bench_out/
     python -m mindllm.bench --quick          # CI smoke: the small shape, a few steps
     python -m mindllm.bench --kernels plain  # mindllm without its fused CPU kernels, to see what they buy
+    python -m mindllm.bench --e2e            # the whole default run beside nanoGPT's train.py loop (bench_e2e.py)
     python -m mindllm.bench --serve runs/week09/full  # load-test `python -m mindllm.serve`: 1 vs 8 clients
 """
 from __future__ import annotations
@@ -121,7 +122,7 @@ def ms_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
 
 # ---------------------------------------------------------------- PyTorch reference (nanoGPT's model.py)
 
-def torch_gpt(s: dict, block_size: int | None = None):
+def torch_gpt(s: dict, block_size: int | None = None, vocab: int = VOCAB):
     """nanoGPT's GPT, trimmed to what the bench runs: pre-LN blocks, fused c_attn, GELU(tanh) MLP, tied head,
     biases, PyTorch's fused scaled_dot_product_attention. Parameter names equal mindllm's (HF GPT-2's); the
     Linear weights are (out, in) where mindllm stores GPT-2's (in, out)."""
@@ -162,7 +163,7 @@ def torch_gpt(s: dict, block_size: int | None = None):
         def __init__(self):
             super().__init__()
             self.transformer = nn.Module()
-            self.transformer.wte, self.transformer.wpe = nn.Embedding(VOCAB, C), nn.Embedding(T, C)
+            self.transformer.wte, self.transformer.wpe = nn.Embedding(vocab, C), nn.Embedding(T, C)
             self.transformer.h = nn.ModuleList(Block() for _ in range(s["n_layer"]))
             self.transformer.ln_f = nn.LayerNorm(C)
             for name, p in self.named_parameters():  # GPT-2's init, as mindllm's
@@ -249,6 +250,12 @@ def matmul_peak(n: int = 1024, repeats: int = 20) -> dict:
     return {"gflops": 2 * n ** 3 / best / 1e9, "n": n, "threads": torch.get_num_threads()}
 
 
+def torch_e2e(r: dict, out_dir: str) -> dict:
+    from .bench_e2e import torch_e2e as worker  # nanoGPT train.py's loop, the whole run
+
+    return worker(r, out_dir)
+
+
 def quant_decode(run: str, new_tokens: int) -> dict:
     from .quant.measure import decode_worker  # a quantized run from disk, decoded greedily
 
@@ -256,7 +263,7 @@ def quant_decode(run: str, new_tokens: int) -> dict:
 
 
 WORKERS = {"ms_train": ms_train, "torch_train": torch_train, "ms_decode": ms_decode, "torch_decode": torch_decode,
-           "matmul_peak": matmul_peak, "quant_decode": quant_decode}
+           "matmul_peak": matmul_peak, "quant_decode": quant_decode, "torch_e2e": torch_e2e}
 
 
 # ---------------------------------------------------------------- the parent: spawn, alternate, summarise
@@ -356,7 +363,8 @@ def markdown(result: dict) -> str:
 def build_parser():
     ap = ArgumentParser(prog="python -m mindllm.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of: {', '.join(SHAPES)}")
-    ap.add_argument("--repeats", type=int, default=3, help="worker processes per framework and shape")
+    ap.add_argument("--repeats", type=int,
+                    help="worker processes per framework and shape (default 3); with --e2e, runs per side (default 2)")
     ap.add_argument("--steps", type=int, default=20, help="timed train steps per worker")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps after the compile")
     ap.add_argument("--new-tokens", type=int, default=256, help="decoding length")
@@ -370,6 +378,11 @@ def build_parser():
                                                           "(k = 1..8, each --draft; speculative.py)")
     ap.add_argument("--quant", metavar="RUN", help="instead: RUN's weights quantized by each scheme against float32 "
                                                     "(loss, size, tokens/s, memory; quant/measure.py)")
+    ap.add_argument("--e2e", nargs="?", const="", metavar="CONFIG",
+                    help="instead: the whole run of `python -m mindllm.train [CONFIG]` beside nanoGPT's train.py "
+                         "loop in PyTorch (wall, time outside the steps, CPU, peak RSS; bench_e2e.py)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="--e2e: a config override for both sides (repeatable), e.g. --set train.max_iters=500")
     ap.add_argument("--draft", action="append", default=[], help="--speculative: a draft run (repeat for several)")
     ap.add_argument("--temperature", type=float, default=0.0, help="--speculative: decoding temperature")
     ap.add_argument("--clients", type=int, default=8, help="--serve: concurrent clients")
@@ -383,6 +396,8 @@ def build_parser():
 @cli
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 2 if args.e2e is not None else 3
     if args.worker:
         print(json.dumps(WORKERS[args.worker](**json.loads(args.worker_args))))
         return
@@ -396,6 +411,8 @@ def main(argv=None) -> None:
         return speculative_bench(args)
     if args.quant:
         return quant_bench(args)
+    if args.e2e is not None:
+        return e2e_bench(args)
     from . import kernels
 
     args.kernels = args.kernels or kernels.mode()  # mode() checks $MINDLLM_KERNELS: one line, not a worker's traceback
@@ -427,6 +444,19 @@ def speculative_bench(args) -> None:
                                                           repeats=args.repeats, temperature=args.temperature,
                                                           log=lambda msg: print(msg, file=sys.stderr, flush=True))}
     _write(args.out, "speculative", result, speculative.markdown(result))
+
+
+def e2e_bench(args) -> None:
+    from . import bench_e2e
+
+    repeats = 1 if args.quick else args.repeats
+    if repeats < 1:
+        raise UserError("--repeats must be >= 1")
+    overrides = (bench_e2e.QUICK if args.quick else []) + args.set
+    result = bench_e2e.run(args.e2e or None, overrides, repeats,
+                           log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    result["machine"] = machine()
+    _write(args.out, "e2e", result, bench_e2e.markdown(result, result["machine"]))
 
 
 def quant_bench(args) -> None:

@@ -70,3 +70,61 @@ def test_bad_kernels_setting_is_one_line():
     assert out.returncode == 2
     assert out.stderr.strip() == ("error: MINDLLM_KERNELS='fast': use auto (fused CPU kernels) or plain "
                                   "(MindSpore ops only)")
+
+
+# ---------------------------------------------------------------- --e2e: the whole run beside nanoGPT's loop
+
+@pytest.mark.slow
+def test_e2e_quick_runs_both_whole_runs(tmp_path):
+    out = run("--e2e", "--quick", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "e2e.json").read_text())
+    assert result["iters"] == 40 and result["recipe"]["shape"]["n_embd"] == 128
+    uniform = np.log(84)  # the Shakespeare corpus has 84 distinct characters
+    for side in ("mindllm", "pytorch"):
+        (r,) = result["runs"][side]
+        assert r["wall_s"] > r["outside_steps_s"] > 0 and r["median_step_s"] > 0
+        assert r["user_s"] > 0 and r["peak_rss_mb"] > 100
+        assert r["val_loss"] < uniform - 0.5, f"{side} did not learn in 40 steps: {r['val_loss']}"
+    assert result["ratio"]["wall_s"] == pytest.approx(result["runs"]["mindllm"][0]["wall_s"]
+                                                      / result["runs"]["pytorch"][0]["wall_s"])
+    table = (tmp_path / "e2e.md").read_text(encoding="utf-8")
+    assert "| `python -m mindllm.train` |" in table and table in out.stdout
+
+
+def test_e2e_schedule_is_nanogpts_and_mindllms():
+    """The PyTorch side's get_lr (nanoGPT's) gives mindllm's learning rate at every step, decay past the end too."""
+    from mindllm import bench_e2e
+    from mindllm.config import load_config
+    from mindllm.optim import lr_schedule
+
+    for overrides in ([], ["train.lr_decay_iters=1500", "train.warmup_iters=10"]):
+        cfg = load_config(None, overrides)
+        r = bench_e2e.recipe(None, overrides)["train"]
+        assert [bench_e2e.nanogpt_lr(i, r) for i in range(cfg.train.max_iters)] == pytest.approx(
+            lr_schedule(cfg.train), rel=1e-12)
+
+
+def test_e2e_reference_has_mindllms_parameter_count():
+    from mindllm import bench_e2e
+
+    r = bench_e2e.recipe(None, [])
+    ref = bench.torch_gpt(r["shape"], vocab=84)
+    C, L, V, T = 128, 4, 84, 64
+    assert sum(p.numel() for p in ref.parameters()) == L * (12 * C * C + 13 * C) + V * C + T * C + 2 * C
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--e2e", "configs/bert_mlm_peoples_daily.yaml"],
+     "error: --e2e mirrors a character-level GPT run in PyTorch; this config has task=bert_pretrain (causal_lm only)"),
+    (["--e2e", "--set", "data.tokenizer=bpe"],
+     "error: --e2e mirrors a character-level GPT run in PyTorch; this config has data.tokenizer=bpe (char only: "
+     "prepare.py's vocabulary)"),
+    (["--e2e", "--repeats", "0"], "error: --repeats must be >= 1"),
+    (["--e2e", "--set", "train.max_iters=x"], "error: config")])
+def test_e2e_bad_input_is_one_line(args, message):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "mindllm.bench", *args], capture_output=True, text=True, timeout=120,
+                         cwd=root)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().startswith(message) and "\n" not in out.stderr.strip()
