@@ -84,6 +84,7 @@ def ms_train(s: dict, warmup: int, steps: int) -> dict:
     from .config import TrainConfig
     from .models.layers import cross_entropy
     from .optim import build_optimizer
+    from . import kernels
     from .steps import TrainSteps
 
     model = _ms_model(s)
@@ -93,7 +94,7 @@ def ms_train(s: dict, warmup: int, steps: int) -> dict:
     def loss_fn(x, y):  # a def, not a lambda: graph mode compiles it
         return cross_entropy(model(x), y)
 
-    step = TrainSteps(loss_fn, optimizer, grad_clip=1.0).step
+    step = TrainSteps(loss_fn, optimizer, grad_clip=1.0, clip=kernels.clip_by_global_norm()).step
 
     def one(x, y):
         return float(step(Tensor(x), Tensor(y))[0].asnumpy())

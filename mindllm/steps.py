@@ -5,6 +5,17 @@ import mindspore as ms
 from mindspore import nn, ops
 
 
+def clip_by_global_norm(grads, max_norm: float):
+    """torch.nn.utils.clip_grad_norm_: (the global L2 norm of all gradients, the gradients scaled so that it is at
+    most max_norm). max_norm <= 0 measures the norm and scales nothing. On CPU, `kernels.clip_by_global_norm()` is
+    this in one kernel."""
+    norm = ops.sqrt(ops.addn([ops.reduce_sum(g * g) for g in grads]))
+    if max_norm > 0:
+        scale = ops.minimum(1.0, max_norm / (norm + 1e-6))
+        grads = tuple(g * scale for g in grads)
+    return norm, grads
+
+
 class TrainSteps:
     """`step(*batch)`: forward, backward, clip and update in one graph -> (loss, pre-clip global gradient norm).
     For gradient accumulation: `grads(*batch)` -> (loss, gradients), `accumulate(a, b)` -> a + b, and
@@ -15,10 +26,12 @@ class TrainSteps:
     the scaler lowers its scale (dynamic loss scaling).
 
     Under data parallelism `grad_reducer` averages the gradients across ranks before clipping, so every rank clips
-    the same global norm and the replicas stay identical; the returned loss is this rank's own."""
+    the same global norm and the replicas stay identical; the returned loss is this rank's own.
+
+    `clip` is the global-norm clipping function: clip_by_global_norm's contract, e.g. the fused CPU kernel's."""
 
     def __init__(self, loss_fn, optimizer, *, grad_clip: float, compile_: bool = True, scaler=None,
-                 grad_reducer=None):
+                 grad_reducer=None, clip=clip_by_global_norm):
         def scaled_loss(*batch):
             loss = loss_fn(*batch)
             return scaler.scale(loss) if scaler is not None else loss
@@ -33,10 +46,7 @@ class TrainSteps:
                 grads = scaler.unscale(grads)
                 finite = ms.amp.all_finite(grads)
                 scaler.adjust(finite)
-            norm = ops.sqrt(ops.addn([ops.reduce_sum(g * g) for g in grads]))
-            if grad_clip > 0:
-                scale = ops.minimum(1.0, grad_clip / (norm + 1e-6))
-                grads = tuple(g * scale for g in grads)
+            norm, grads = clip(grads, grad_clip)
             if finite:
                 optimizer(grads)
             return norm

@@ -150,7 +150,8 @@ def prepare(cfg, log, target: str, dist) -> Run:
     log(memory.describe(memory.for_config(cfg, model, dist.world)))
     steps = TrainSteps(task.loss_fn, optimizer, grad_clip=cfg.train.grad_clip, compile_=cfg.context.mode == "graph",
                        scaler=scaler, grad_reducer=parallel.grad_reducer(optimizer.parameters, dist,
-                                                                         cfg.parallel.gradients_mean))
+                                                                         cfg.parallel.gradients_mean),
+                       clip=kernels.clip_by_global_norm())
     return Run(cfg=cfg, log=log, target=target, dist=dist, task=task, optimizer=optimizer, steps=steps,
                metrics=runs.Metrics(cfg.out_dir, start if existing else None, dist.is_main), scaler=scaler,
                loss_mean=parallel.loss_reducer(dist),

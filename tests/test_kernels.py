@@ -96,6 +96,33 @@ def test_cached_attention_equals_plain_cache(T, pos):
     np.testing.assert_allclose(v0.asnumpy(), v1.asnumpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("max_norm", [1.0, 1e6, 0.0])  # clips; below the limit (scale 1); measure only
+def test_clip_by_global_norm_equals_plain_and_numpy(max_norm):
+    """The one-kernel clip gives the plain ops' norm and clipped gradients, both compiled and not; numpy's norm of
+    the concatenated gradients is the oracle for both."""
+    from mindllm.steps import clip_by_global_norm
+
+    grads = tuple(arr(*shape, scale=0.3) for shape in [(64, 192), (192,), (7,), (3, 5, 11), (1,)])
+    want_norm = np.sqrt(sum(float((g.asnumpy().astype(np.float64) ** 2).sum()) for g in grads))
+    fused = kernels.clip_by_global_norm()
+    assert fused is not clip_by_global_norm  # the kernels built here
+
+    def run(clip):
+        return clip(grads, max_norm)
+
+    for fn in (run, ms.jit(run)):
+        (norm, got), (plain_norm, want) = fn(fused), fn(clip_by_global_norm)
+        assert norm.shape == plain_norm.shape == ()
+        np.testing.assert_allclose(float(norm.asnumpy()), want_norm, rtol=1e-6)
+        np.testing.assert_allclose(float(plain_norm.asnumpy()), want_norm, rtol=1e-5)
+        scale = min(1.0, max_norm / (want_norm + 1e-6)) if max_norm > 0 else 1.0
+        for g, a, b in zip(grads, got, want):
+            assert a.shape == g.shape
+            np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(a.asnumpy(), g.asnumpy() * scale, rtol=1e-5, atol=1e-7)
+    assert max_norm != 1.0 or want_norm > 1.0  # the first case really clips
+
+
 def test_training_loss_curve_equals_plain():
     """40 AdamW steps of a small GPT on real Shakespeare characters, compiled: the fast path's loss curve is the
     plain one's (float32 summation order differs, nothing else)."""
@@ -103,7 +130,7 @@ def test_training_loss_curve_equals_plain():
     from mindllm.data import load_corpus
     from mindllm.data.tokenizer import CharTokenizer
     from mindllm.optim import build_optimizer
-    from mindllm.steps import TrainSteps
+    from mindllm.steps import TrainSteps, clip_by_global_norm
 
     text = load_corpus("shakespeare")[:50_000]
     tok = CharTokenizer.train(text)
@@ -119,8 +146,9 @@ def test_training_loss_curve_equals_plain():
         def loss_fn(x, y):
             return layers.cross_entropy(model(x), y)
 
+        clip = kernels.clip_by_global_norm() if model is fused else clip_by_global_norm
         step = TrainSteps(loss_fn, build_optimizer(model, TrainConfig(max_iters=40, warmup_iters=5)),
-                          grad_clip=1.0).step
+                          grad_clip=1.0, clip=clip).step
         curves.append([float(step(Tensor(x), Tensor(y))[0].asnumpy()) for x, y in batches])
     assert curves[0][-1] < curves[0][0] - 0.5  # it learned something
     np.testing.assert_allclose(curves[1], curves[0], rtol=2e-4)

@@ -28,6 +28,7 @@ from mindspore import ops
 
 from ..errors import UserError
 from ..models.surgery import replace_cells
+from ..steps import clip_by_global_norm as plain_clip
 from .fused import FusedBlock, decode_kernel_applies, fused_version
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
@@ -135,6 +136,21 @@ class Kernels:
             "QuantMatmul", lambda x, q, s, z: x[:-1] + [q[1]], lambda *a: f32)
         self.add_bias = op("AddBias", lambda x, b: x, lambda x, b: f32, bias_bprop)
         self.causal_softmax = op("CausalSoftmaxFwd", lambda x, s: x, lambda x, s: f32, softmax_bprop)
+        clip = op("ClipGradNorm", lambda m, *gs: ([1], *gs), lambda m, *gs: (f32,) * (len(gs) + 1))
+
+        def clip_by_global_norm(grads, max_norm):  # steps.clip_by_global_norm's contract
+            out = clip(ms.Tensor([max_norm], f32), *grads)
+            return out[0].reshape(()), out[1:]
+
+        self.clip_by_global_norm = clip_by_global_norm
+
+
+def clip_by_global_norm():
+    """Global-norm gradient clipping in one kernel where the kernels run (for TrainSteps' `clip`), else the plain
+    ops of steps.clip_by_global_norm. Gradients of float32 parameters: mindllm's are (mixed precision casts
+    activations, not weights)."""
+    k = fused()
+    return plain_clip if k is None else k.clip_by_global_norm
 
 
 def fuse(model):

@@ -313,3 +313,33 @@ AOT QuantMatmul(ARGS) {
   delete[] xs;
   return 0;
 }
+
+// ---- Global-norm gradient clipping (torch.nn.utils.clip_grad_norm_) of all gradients in one kernel: as MindSpore
+// ops it is a square, a sum and a multiply per gradient (~150 launches for a 4-layer GPT: 7 ms of a 46 ms step,
+// and 3 s of its compile). The sum of squares accumulates in double.
+// inputs max_norm (1), g_0 .. g_{n-1} ; outputs norm (1), g_0 * s .. g_{n-1} * s with s = min(1, max_norm / (norm
+// + 1e-6)); max_norm <= 0 reports the norm and leaves the gradients unscaled
+AOT ClipGradNorm(ARGS) {
+  const int n = (nparam - 2) / 2;
+  const float max_norm = ((const float *)params[0])[0];
+  double total = 0.0;
+  for (int i = 0; i < n; ++i) {
+    const float *g = (const float *)params[1 + i];
+    const int64_t m = numel(ndims[1 + i], shapes[1 + i]);
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < m; ++j) acc += (double)g[j] * g[j];
+    total += acc;
+  }
+  const float norm = (float)std::sqrt(total);
+  ((float *)params[n + 1])[0] = norm;
+  const float scale = max_norm > 0.f ? std::fmin(1.f, max_norm / (norm + 1e-6f)) : 1.f;
+  for (int i = 0; i < n; ++i) {
+    const float *g = (const float *)params[1 + i];
+    float *out = (float *)params[n + 2 + i];
+    const int64_t m = numel(ndims[1 + i], shapes[1 + i]);
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) out[j] = g[j] * scale;
+  }
+  return 0;
+}
