@@ -23,6 +23,7 @@ import sys
 import time
 
 from .errors import ArgumentParser, UserError, cli
+from .bench_torch import torch_gpt
 from .workers import median_seconds, peak_rss_mb, spawn
 
 # nanoGPT's CPU shape (its README's shakespeare_char on a laptop) and the 6L/6H/384 shape its GPU run uses
@@ -123,74 +124,12 @@ def ms_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
 
 # ---------------------------------------------------------------- PyTorch reference (nanoGPT's model.py)
 
-def torch_gpt(s: dict, block_size: int | None = None, vocab: int = VOCAB):
-    """nanoGPT's GPT, trimmed to what the bench runs: pre-LN blocks, fused c_attn, GELU(tanh) MLP, tied head,
-    biases, PyTorch's fused scaled_dot_product_attention. Parameter names equal mindllm's (HF GPT-2's); the
-    Linear weights are (out, in) where mindllm stores GPT-2's (in, out)."""
-    import math
-
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    C, H, T = s["n_embd"], s["n_head"], block_size or s["block_size"]
-
-    class Attn(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-
-        def forward(self, x, past=None):
-            B, Tq, _ = x.shape
-            q, k, v = (t.view(B, Tq, H, C // H).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
-            if past is not None:  # the KV cache: append this step's keys/values
-                k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=past is None)
-            return self.c_proj(y.transpose(1, 2).reshape(B, Tq, C)), (k, v)
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(C), Attn(), nn.LayerNorm(C)
-            self.mlp = nn.Sequential()
-            self.mlp.c_fc, self.mlp.gelu, self.mlp.c_proj = nn.Linear(C, 4 * C), nn.GELU("tanh"), nn.Linear(4 * C, C)
-
-        def forward(self, x, past=None):
-            a, present = self.attn(self.ln_1(x), past)
-            x = x + a
-            return x + self.mlp(self.ln_2(x)), present
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.transformer = nn.Module()
-            self.transformer.wte, self.transformer.wpe = nn.Embedding(vocab, C), nn.Embedding(T, C)
-            self.transformer.h = nn.ModuleList(Block() for _ in range(s["n_layer"]))
-            self.transformer.ln_f = nn.LayerNorm(C)
-            for name, p in self.named_parameters():  # GPT-2's init, as mindllm's
-                if name.endswith("bias"):
-                    nn.init.zeros_(p)
-                elif p.dim() >= 2:
-                    std = 0.02 / math.sqrt(2 * s["n_layer"]) if name.endswith("c_proj.weight") else 0.02
-                    nn.init.normal_(p, 0.0, 0.01 if "wpe" in name else std)
-
-        def forward(self, idx, past=None, pos=0):
-            x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(pos, pos + idx.shape[1]))
-            presents = []
-            for i, block in enumerate(self.transformer.h):
-                x, present = block(x, None if past is None else past[i])
-                presents.append(present)
-            return self.transformer.ln_f(x) @ self.transformer.wte.weight.T, presents
-
-    return GPT()
-
-
 def torch_train(s: dict, warmup: int, steps: int) -> dict:
     import torch
     from torch.nn import functional as F
 
     torch.manual_seed(0)
-    model = torch_gpt(s)
+    model = torch_gpt(s, vocab=VOCAB)
     params = list(model.parameters())
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -217,7 +156,7 @@ def torch_decode(s: dict, new_tokens: int, kv_cache: bool) -> dict:
     import torch
 
     torch.manual_seed(0)
-    model = torch_gpt(s, block_size=DECODE_PROMPT + new_tokens).eval()
+    model = torch_gpt(s, block_size=DECODE_PROMPT + new_tokens, vocab=VOCAB).eval()
     prompt = torch.from_numpy(np.random.default_rng(0).integers(0, VOCAB, (1, DECODE_PROMPT))).long()
 
     @torch.no_grad()

@@ -87,7 +87,7 @@ def torch_e2e(r: dict, out_dir: str) -> dict:
     import torch
     from torch.nn import functional as F
 
-    from .bench import torch_gpt
+    from .bench_torch import torch_gpt
 
     t0 = time.perf_counter()
     s, t = r["shape"], r["train"]

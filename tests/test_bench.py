@@ -41,7 +41,7 @@ def test_reference_is_the_same_gpt_as_mindllm():
     s = dict(bench.SHAPES["nanogpt-cpu"], n_layer=2)
     ms_model = bench._ms_model(s)
     ms_model.set_train(False)
-    ref = bench.torch_gpt(s)
+    ref = bench.torch_gpt(s, vocab=bench.VOCAB)
     weights = {name: p.asnumpy() for name, p in ms_model.parameters_and_names()}
     with torch.no_grad():
         for name, p in ref.named_parameters():

@@ -4,7 +4,8 @@ On CPU, MindSpore runs LayerNorm, GELU, the masked softmax and the bias gradient
 ops, each a pass over memory plus a launch; their gradients add reductions over rows that its CPU ReduceSum does
 slowly (profiled: 21 ms of a 97 ms nanoGPT-shape step were ReduceSum). `cpu_kernels.cc` does each in one
 vectorised pass, forward and backward, called through `ops.Custom(func_type="aot")`; for decoding, a whole GPT
-block with its KV cache is one kernel. What each bought: docs/performance.md.
+block with its KV cache is one kernel; for training, the global-norm gradient clip over every gradient is one
+kernel (`clip_by_global_norm()`, given to TrainSteps). What each bought: docs/performance.md.
 
 The models themselves are plain MindSpore (models/); `fuse(model)` swaps their layers for the fused ones of
 fused.py after construction, sharing the Parameters, the way `apply_lora` swaps in adapters. Training and sampling
