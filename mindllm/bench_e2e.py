@@ -165,7 +165,7 @@ def measure(cmd: list[str], env: dict, log_path: str) -> dict:
 
 def mindllm_side(config: str | None, overrides: list[str], r: dict, out_dir: str) -> dict:
     cmd = [sys.executable, "-m", "mindllm.train", *([config] if config else []), *overrides, f"out_dir={out_dir}"]
-    out = measure(cmd, {}, os.path.join(out_dir + ".log"))
+    out = measure(cmd, {}, out_dir + ".log")
     with open(os.path.join(out_dir, "metrics.jsonl"), encoding="utf-8") as fh:
         records = [json.loads(line) for line in fh if line.strip()]
     tokens = r["shape"]["batch_size"] * r["shape"]["block_size"]
