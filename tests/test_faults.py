@@ -249,7 +249,8 @@ def test_killing_a_saving_process_at_random_moments_never_loses_latest(tmp_path)
             "for step in range(start, start + 10**6):\n"
             "    for s in (step, step, step - 1):\n"
             "        if s > 0: save_checkpoint(d, s, m, o, {'data_rng': s}, keep=3)\n"
-            "    with open(os.path.join(d, 'done'), 'w') as fh: fh.write(str(step))\n")
+            "    with open(os.path.join(d, 'done.tmp'), 'w') as fh: fh.write(str(step))\n"
+            "    os.replace(os.path.join(d, 'done.tmp'), os.path.join(d, 'done'))\n")  # a kill never leaves it empty
     rng, d, start = random.Random(0), str(tmp_path / "ckpt"), 1
     for kill in range(25):
         proc = subprocess.Popen([sys.executable, "-c", code, d, str(start)], stdout=subprocess.PIPE,
