@@ -12,6 +12,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from . import kernels
+from .errors import interruption_point
 
 
 def adjust_logits(logits, history=None, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0):
@@ -120,6 +121,7 @@ def tokens(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, repe
             logits, pos = out.asnumpy()[:, 0], pos + 1
         nxt = pick(logits, rng, history=idx, **rules).astype(np.int32)
         idx = np.concatenate([idx, nxt[:, None]], axis=1)
+        interruption_point()  # a Ctrl-C that came during the forward pass
         yield nxt
 
 

@@ -31,7 +31,7 @@ from . import device, kernels, memory, parallel, runs, tasks
 from .checkpoint import clean_partial_saves, latest_checkpoint, load_arrays, optimizer_skip, read_checkpoint, \
     save_checkpoint
 from .config import load_config, save_config
-from .errors import UserError, cli, ctrl_c
+from .errors import UserError, cli, ctrl_c, interruption_point
 from .models.layers import set_compute_dtype
 from .optim import build_optimizer, lr_schedule
 from .plot import plot_metrics
@@ -228,6 +228,7 @@ def loop(run: Run) -> None:
                file=sys.stderr, desc="train", disable=not (schedule.progress and dist.is_main))
     window = Window()
     for it in bar:
+        interruption_point()
         loss, norm = one_step(run)
         done = it + 1
         loss = global_loss(run, loss, done)
