@@ -23,7 +23,7 @@ import sys
 import time
 
 from .errors import ArgumentParser, UserError, cli
-from .bench_torch import torch_gpt
+from .bench_torch import torch_adamw, torch_gpt
 from .workers import median_seconds, peak_rss_mb, spawn
 
 # nanoGPT's CPU shape (its README's shakespeare_char on a laptop) and the 6L/6H/384 shape its GPU run uses
@@ -131,9 +131,7 @@ def torch_train(s: dict, warmup: int, steps: int) -> dict:
     torch.manual_seed(0)
     model = torch_gpt(s, vocab=VOCAB)
     params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
+    opt = torch_adamw(model, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
 
     def one(x, y):
         logits, _ = model(torch.from_numpy(x).long())

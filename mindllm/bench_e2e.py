@@ -19,6 +19,7 @@ import tempfile
 import time
 
 from .errors import UserError
+from .runs import Metrics
 
 # --quick (CI): a few steps of each side with every phase present (evaluations, checkpoints, the sample)
 QUICK = ["train.max_iters=40", "train.eval_interval=20", "train.eval_iters=2", "train.ckpt_interval=20",
@@ -87,7 +88,7 @@ def torch_e2e(r: dict, out_dir: str) -> dict:
     import torch
     from torch.nn import functional as F
 
-    from .bench_torch import torch_gpt
+    from .bench_torch import torch_adamw, torch_gpt
 
     t0 = time.perf_counter()
     s, t = r["shape"], r["train"]
@@ -95,9 +96,7 @@ def torch_e2e(r: dict, out_dir: str) -> dict:
     data = _prepare(r, out_dir)
     model = torch_gpt(s, vocab=data["vocab_size"])
     params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t["weight_decay"]},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=t["lr"], betas=(t["beta1"], t["beta2"]))
+    opt = torch_adamw(model, lr=t["lr"], betas=(t["beta1"], t["beta2"]), weight_decay=t["weight_decay"])
     T, B = s["block_size"], s["batch_size"]
 
     def get_batch(split):  # train.py re-opens the memmap for every batch (it avoids a memory leak)
@@ -166,8 +165,7 @@ def measure(cmd: list[str], env: dict, log_path: str) -> dict:
 def mindllm_side(config: str | None, overrides: list[str], r: dict, out_dir: str) -> dict:
     cmd = [sys.executable, "-m", "mindllm.train", *([config] if config else []), *overrides, f"out_dir={out_dir}"]
     out = measure(cmd, {}, out_dir + ".log")
-    with open(os.path.join(out_dir, "metrics.jsonl"), encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
+    records = Metrics(out_dir, None, owner=False).read()
     tokens = r["shape"]["batch_size"] * r["shape"]["block_size"]
     # each record's tokens/s covers its log window; windows with an evaluation, and the first (the compile), are
     # not steps
@@ -222,7 +220,7 @@ def markdown(result: dict, machine: dict) -> str:
 
     def cells(r, fmt_ratio=False):
         if fmt_ratio:
-            return [f"{r.get(k, float('nan')):.2f}×" for k in ("wall_s", "outside_steps_s", "median_step_s",
+            return [f"{r[k]:.2f}×" if k in r else "–" for k in ("wall_s", "outside_steps_s", "median_step_s",
                                                                 "user_s", "sys_s", "peak_rss_mb", "val_loss")]
         return [f"{r['wall_s']:.1f} s", f"{r['outside_steps_s']:.1f} s", f"{r['median_step_s'] * 1e3:.1f} ms",
                 f"{r['user_s']:.0f} s", f"{r['sys_s']:.1f} s", f"{r['peak_rss_mb']:,.0f} MB", f"{r['val_loss']:.4f}"]

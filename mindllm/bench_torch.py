@@ -64,3 +64,13 @@ def torch_gpt(s: dict, *, vocab: int, block_size: int | None = None):
             return self.transformer.ln_f(x) @ self.transformer.wte.weight.T, presents
 
     return GPT()
+
+
+def torch_adamw(model, *, lr: float, betas: tuple, weight_decay: float, eps: float = 1e-8):
+    """nanoGPT's configure_optimizers: AdamW, weight decay on the matrices (dim >= 2) only."""
+    import torch
+
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
