@@ -11,6 +11,16 @@ from mindllm import device  # noqa: E402
 # The device is chosen once, before any test runs a kernel (MindSpore refuses to switch afterwards).
 device.setup(device.context_for("CPU"), seed=0)
 
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): a worker per core, at most one per 4 GB of available memory (a notebook
+    fine-tuning MiniLM peaks near 3 GB) and at most 4 (each MindSpore process runs threads on every core)."""
+    import psutil  # a dependency of mindspore
+
+    return max(1, min(os.cpu_count() or 1, int(psutil.virtual_memory().available / 4e9), 4))
+
+
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=16", "train.batch_size=4",
         "train.eval_iters=2", "train.progress=false", "sample.max_new_tokens=0", "context.device_target=CPU"]
 
