@@ -10,6 +10,7 @@ lines (PyTorch is a dev dependency, imported only in its workers).
     python -m mindllm.bench --quick          # CI smoke: the small shape, a few steps
     python -m mindllm.bench --kernels plain  # mindllm without its fused CPU kernels, to see what they buy
     python -m mindllm.bench --e2e            # the whole default run beside nanoGPT's train.py loop (bench_e2e.py)
+    python -m mindllm.bench --finetune       # a MiniLM fine-tuning step beside PyTorch + transformers
     python -m mindllm.bench --serve runs/week09/full  # load-test `python -m mindllm.serve`: 1 vs 8 clients
 """
 from __future__ import annotations
@@ -194,6 +195,18 @@ def torch_e2e(r: dict, out_dir: str) -> dict:
     return worker(r, out_dir)
 
 
+def ms_finetune(warmup: int, steps: int) -> dict:
+    from .bench_finetune import ms_finetune as worker  # the real MiniLM fine-tuned, mindllm's step
+
+    return worker(warmup, steps)
+
+
+def torch_finetune(warmup: int, steps: int) -> dict:
+    from .bench_finetune import torch_finetune as worker  # the same, PyTorch + transformers
+
+    return worker(warmup, steps)
+
+
 def quant_decode(run: str, new_tokens: int) -> dict:
     from .quant.measure import decode_worker  # a quantized run from disk, decoded greedily
 
@@ -201,7 +214,8 @@ def quant_decode(run: str, new_tokens: int) -> dict:
 
 
 WORKERS = {"ms_train": ms_train, "torch_train": torch_train, "ms_decode": ms_decode, "torch_decode": torch_decode,
-           "matmul_peak": matmul_peak, "quant_decode": quant_decode, "torch_e2e": torch_e2e}
+           "matmul_peak": matmul_peak, "quant_decode": quant_decode, "torch_e2e": torch_e2e,
+           "ms_finetune": ms_finetune, "torch_finetune": torch_finetune}
 
 
 # ---------------------------------------------------------------- the parent: spawn, alternate, summarise
@@ -319,6 +333,9 @@ def build_parser():
     ap.add_argument("--e2e", nargs="?", const="", metavar="CONFIG",
                     help="instead: the whole run of `python -m mindllm.train [CONFIG]` beside nanoGPT's train.py "
                          "loop in PyTorch (wall, time outside the steps, CPU, peak RSS; bench_e2e.py)")
+    ap.add_argument("--finetune", action="store_true",
+                    help="instead: a fine-tuning step of the real all-MiniLM-L6-v2, mindllm beside PyTorch + "
+                         "transformers (step time, peak RSS; bench_finetune.py)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="--e2e: a config override for both sides (repeatable), e.g. --set train.max_iters=500")
     ap.add_argument("--draft", action="append", default=[], help="--speculative: a draft run (repeat for several)")
@@ -351,6 +368,8 @@ def main(argv=None) -> None:
         return quant_bench(args)
     if args.e2e is not None:
         return e2e_bench(args)
+    if args.finetune:
+        return finetune_bench(args)
     from . import kernels
 
     args.kernels = args.kernels or kernels.mode()  # mode() checks $MINDLLM_KERNELS: one line, not a worker's traceback
@@ -395,6 +414,18 @@ def e2e_bench(args) -> None:
                            log=lambda msg: print(msg, file=sys.stderr, flush=True))
     result["machine"] = machine()
     _write(args.out, "e2e", result, bench_e2e.markdown(result, result["machine"]))
+
+
+def finetune_bench(args) -> None:
+    from . import bench_finetune
+
+    repeats, steps, warmup = (1, 2, 1) if args.quick else (args.repeats, args.steps, args.warmup)
+    for flag, value in (("repeats", repeats), ("steps", steps)):
+        if value < 1:
+            raise UserError(f"--{flag} must be >= 1")
+    result = bench_finetune.run(repeats, warmup, steps, spawn, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    result["machine"] = machine()
+    _write(args.out, "finetune", result, bench_finetune.markdown(result, result["machine"]))
 
 
 def quant_bench(args) -> None:

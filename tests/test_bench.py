@@ -132,3 +132,52 @@ def test_e2e_bad_input_is_one_line(args, message):
                          cwd=root)
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().startswith(message) and "\n" not in out.stderr.strip()
+
+
+# ---------------------------------------------------------------- --finetune: MiniLM beside PyTorch + transformers
+
+@pytest.mark.slow
+def test_finetune_quick_runs_both_sides(tmp_path):
+    out = run("--finetune", "--quick", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "finetune.json").read_text())
+    med = result["median"]
+    assert med["mindllm"]["params"] == med["pytorch"]["params"] == 22_714_371  # all-MiniLM-L6-v2 + a 3-way head
+    for side in ("mindllm", "pytorch"):
+        assert med[side]["median_step_ms"] > 0 and med[side]["peak_rss_mb"] > 100
+    assert result["ratio"]["speed"] == pytest.approx(med["pytorch"]["median_step_ms"] / med["mindllm"]["median_step_ms"])
+    table = (tmp_path / "finetune.md").read_text(encoding="utf-8")
+    assert "| mindllm (MindSpore graph) |" in table and table in out.stdout
+
+
+def test_finetune_sides_compute_the_same_model_on_the_same_batches():
+    """The bench's two models, with the random head copied across and dropout off, give equal logits on its
+    padded batches: the same weights, the same attention mask."""
+    import torch
+    from mindspore import Tensor
+    from transformers import BertForSequenceClassification
+
+    from mindllm import bench_finetune
+    from mindllm.convert import from_hf
+    from mindllm.data.tokenizer import minilm_dir
+
+    ms_model = from_hf(minilm_dir(), arch="BertForSequenceClassification", num_labels=3, log=None)
+    ms_model.set_train(False)
+    ref = BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=3).eval()
+    head = {n: p.asnumpy() for n, p in ms_model.parameters_and_names() if n.startswith("classifier.")}
+    with torch.no_grad():
+        ref.classifier.weight.copy_(torch.from_numpy(head["classifier.weight"]))
+        ref.classifier.bias.copy_(torch.from_numpy(head["classifier.bias"]))
+    ids, types, mask, labels = bench_finetune.batches(ms_model.config.vocab_size, 1)[0]
+    lengths = mask.sum(1)
+    assert ids.shape == (32, 48) and lengths.min() >= 8 and (ids[mask == 0] == 0).all()
+    assert (ids[np.arange(32), lengths - 1] == 102).all() and set(labels) <= {0, 1, 2}
+    want = ms_model(Tensor(ids), Tensor(types), Tensor(mask)).asnumpy()
+    got = ref(input_ids=torch.from_numpy(ids).long(), token_type_ids=torch.from_numpy(types).long(),
+              attention_mask=torch.from_numpy(mask).long()).logits.detach().numpy()
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_finetune_bad_input_is_one_line():
+    out = run("--finetune", "--repeats", "0", timeout=120)
+    assert out.returncode == 2 and out.stderr.strip() == "error: --repeats must be >= 1", out.stderr[-2000:]
