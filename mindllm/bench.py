@@ -195,16 +195,16 @@ def torch_e2e(r: dict, out_dir: str) -> dict:
     return worker(r, out_dir)
 
 
-def ms_finetune(warmup: int, steps: int) -> dict:
+def ms_finetune(r: dict, warmup: int, steps: int) -> dict:
     from .bench_finetune import ms_finetune as worker  # the real MiniLM fine-tuned, mindllm's step
 
-    return worker(warmup, steps)
+    return worker(r, warmup, steps)
 
 
-def torch_finetune(warmup: int, steps: int) -> dict:
-    from .bench_finetune import torch_finetune as worker  # the same, PyTorch + transformers
+def torch_finetune(r: dict, warmup: int, steps: int) -> dict:
+    from .bench_finetune import torch_finetune as worker  # the same, PyTorch + transformers (+ peft)
 
-    return worker(warmup, steps)
+    return worker(r, warmup, steps)
 
 
 def quant_decode(run: str, new_tokens: int) -> dict:
@@ -333,11 +333,12 @@ def build_parser():
     ap.add_argument("--e2e", nargs="?", const="", metavar="CONFIG",
                     help="instead: the whole run of `python -m mindllm.train [CONFIG]` beside nanoGPT's train.py "
                          "loop in PyTorch (wall, time outside the steps, CPU, peak RSS; bench_e2e.py)")
-    ap.add_argument("--finetune", action="store_true",
-                    help="instead: a fine-tuning step of the real all-MiniLM-L6-v2, mindllm beside PyTorch + "
-                         "transformers (step time, peak RSS; bench_finetune.py)")
+    ap.add_argument("--finetune", nargs="?", const="", metavar="CONFIG",
+                    help="instead: a fine-tuning step of the real all-MiniLM-L6-v2 as CONFIG takes it (default "
+                         "configs/bert_cls_minilm_tweets.yaml; LoRA and prompt tuning too), mindllm beside PyTorch + "
+                         "transformers + peft (step time, peak RSS; bench_finetune.py)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="--e2e: a config override for both sides (repeatable), e.g. --set train.max_iters=500")
+                    help="--e2e, --finetune: a config override for both sides (repeatable), e.g. --set train.max_iters=500")
     ap.add_argument("--draft", action="append", default=[], help="--speculative: a draft run (repeat for several)")
     ap.add_argument("--temperature", type=float, default=0.0, help="--speculative: decoding temperature")
     ap.add_argument("--clients", type=int, default=8, help="--serve: concurrent clients")
@@ -368,7 +369,7 @@ def main(argv=None) -> None:
         return quant_bench(args)
     if args.e2e is not None:
         return e2e_bench(args)
-    if args.finetune:
+    if args.finetune is not None:
         return finetune_bench(args)
     from . import kernels
 
@@ -423,7 +424,9 @@ def finetune_bench(args) -> None:
     for flag, value in (("repeats", repeats), ("steps", steps)):
         if value < 1:
             raise UserError(f"--{flag} must be >= 1")
-    result = bench_finetune.run(repeats, warmup, steps, spawn, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    r = bench_finetune.recipe(args.finetune or None, args.set)
+    result = bench_finetune.run(r, repeats, warmup, steps, spawn,
+                                log=lambda msg: print(msg, file=sys.stderr, flush=True))
     result["machine"] = machine()
     _write(args.out, "finetune", result, bench_finetune.markdown(result, result["machine"]))
 

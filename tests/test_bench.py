@@ -142,7 +142,7 @@ def test_finetune_quick_runs_both_sides(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((tmp_path / "finetune.json").read_text())
     med = result["median"]
-    assert med["mindllm"]["params"] == med["pytorch"]["params"] == 22_714_371  # all-MiniLM-L6-v2 + a 3-way head
+    assert med["mindllm"]["trainable"] == med["pytorch"]["trainable"] == 22_714_371  # all-MiniLM-L6-v2 + 3-way head
     for side in ("mindllm", "pytorch"):
         assert med[side]["median_step_ms"] > 0 and med[side]["peak_rss_mb"] > 100
     assert result["ratio"]["speed"] == pytest.approx(med["pytorch"]["median_step_ms"] / med["mindllm"]["median_step_ms"])
@@ -168,7 +168,8 @@ def test_finetune_sides_compute_the_same_model_on_the_same_batches():
     with torch.no_grad():
         ref.classifier.weight.copy_(torch.from_numpy(head["classifier.weight"]))
         ref.classifier.bias.copy_(torch.from_numpy(head["classifier.bias"]))
-    ids, types, mask, labels = bench_finetune.batches(ms_model.config.vocab_size, 1)[0]
+    ids, types, mask, labels = bench_finetune.batches(bench_finetune.recipe(None, []), ms_model.config.vocab_size,
+                                                      1)[0]
     lengths = mask.sum(1)
     assert ids.shape == (32, 48) and lengths.min() >= 8 and (ids[mask == 0] == 0).all()
     assert (ids[np.arange(32), lengths - 1] == 102).all() and set(labels) <= {0, 1, 2}
@@ -178,6 +179,29 @@ def test_finetune_sides_compute_the_same_model_on_the_same_batches():
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
-def test_finetune_bad_input_is_one_line():
-    out = run("--finetune", "--repeats", "0", timeout=120)
-    assert out.returncode == 2 and out.stderr.strip() == "error: --repeats must be >= 1", out.stderr[-2000:]
+@pytest.mark.slow
+@pytest.mark.parametrize("config, trainable", [
+    ("configs/lora_minilm_tweets.yaml", 6 * 2 * 2 * 384 * 8 + 384 * 3 + 3),  # A and B of query, value; the head
+    ("configs/prompt_minilm_tweets.yaml", 20 * 384 + 384 * 3 + 3)])          # 20 virtual tokens; the head
+def test_finetune_lora_and_prompt_tuning_train_what_peft_trains(tmp_path, config, trainable):
+    out = run("--finetune", config, "--quick", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    med = json.loads((tmp_path / "finetune.json").read_text())["median"]
+    assert med["mindllm"]["trainable"] == med["pytorch"]["trainable"] == trainable
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--finetune", "--repeats", "0"], "error: --repeats must be >= 1"),
+    (["--finetune", "configs/gpt_char_shakespeare.yaml"],
+     "error: --finetune mirrors fine-tuning the real MiniLM (task=classify, classify.init=minilm); this config has "
+     "task=causal_lm"),
+    (["--finetune", "configs/ptuning_minilm_tweets.yaml"],
+     "error: --finetune mirrors full fine-tuning, LoRA without dropout and prompt tuning in peft; this config has "
+     "peft.method=ptuning"),
+    (["--finetune", "--set", "train.lr=x"], "error: config")])
+def test_finetune_bad_input_is_one_line(args, message):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "mindllm.bench", *args], capture_output=True, text=True, timeout=120,
+                         cwd=root)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().startswith(message) and "\n" not in out.stderr.strip(), out.stderr
