@@ -125,13 +125,21 @@ def test_e2e_reference_has_mindllms_parameter_count():
      "error: --e2e mirrors a character-level GPT run in PyTorch; this config has data.tokenizer=bpe (char only: "
      "prepare.py's vocabulary)"),
     (["--e2e", "--repeats", "0"], "error: --repeats must be >= 1"),
-    (["--e2e", "--set", "train.max_iters=x"], "error: config")])
-def test_e2e_bad_input_is_one_line(args, message):
+    (["--e2e", "--set", "train.max_iters=x"], "error: config"),
+    (["--finetune", "--repeats", "0"], "error: --repeats must be >= 1"),
+    (["--finetune", "configs/gpt_char_shakespeare.yaml"],
+     "error: --finetune mirrors fine-tuning the real MiniLM (task=classify, classify.init=minilm); this config has "
+     "task=causal_lm"),
+    (["--finetune", "configs/ptuning_minilm_tweets.yaml"],
+     "error: --finetune mirrors full fine-tuning, LoRA without dropout and prompt tuning in peft; this config has "
+     "peft.method=ptuning"),
+    (["--finetune", "--set", "train.lr=x"], "error: config")])
+def test_e2e_and_finetune_bad_input_is_one_line(args, message):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-m", "mindllm.bench", *args], capture_output=True, text=True, timeout=120,
                          cwd=root)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.strip().startswith(message) and "\n" not in out.stderr.strip()
+    assert out.stderr.strip().startswith(message) and "\n" not in out.stderr.strip(), out.stderr
 
 
 # ---------------------------------------------------------------- --finetune: MiniLM beside PyTorch + transformers
@@ -188,20 +196,3 @@ def test_finetune_lora_and_prompt_tuning_train_what_peft_trains(tmp_path, config
     assert out.returncode == 0, out.stderr[-2000:]
     med = json.loads((tmp_path / "finetune.json").read_text())["median"]
     assert med["mindllm"]["trainable"] == med["pytorch"]["trainable"] == trainable
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--finetune", "--repeats", "0"], "error: --repeats must be >= 1"),
-    (["--finetune", "configs/gpt_char_shakespeare.yaml"],
-     "error: --finetune mirrors fine-tuning the real MiniLM (task=classify, classify.init=minilm); this config has "
-     "task=causal_lm"),
-    (["--finetune", "configs/ptuning_minilm_tweets.yaml"],
-     "error: --finetune mirrors full fine-tuning, LoRA without dropout and prompt tuning in peft; this config has "
-     "peft.method=ptuning"),
-    (["--finetune", "--set", "train.lr=x"], "error: config")])
-def test_finetune_bad_input_is_one_line(args, message):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-m", "mindllm.bench", *args], capture_output=True, text=True, timeout=120,
-                         cwd=root)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.strip().startswith(message) and "\n" not in out.stderr.strip(), out.stderr
