@@ -338,7 +338,8 @@ def build_parser():
                          "configs/bert_cls_minilm_tweets.yaml; LoRA and prompt tuning too), mindllm beside PyTorch + "
                          "transformers + peft (step time, peak RSS; bench_finetune.py)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="--e2e, --finetune: a config override for both sides (repeatable), e.g. --set train.max_iters=500")
+                    help="--e2e, --finetune: a config override for both sides (repeatable), e.g. --set "
+                         "train.max_iters=500")
     ap.add_argument("--draft", action="append", default=[], help="--speculative: a draft run (repeat for several)")
     ap.add_argument("--temperature", type=float, default=0.0, help="--speculative: decoding temperature")
     ap.add_argument("--clients", type=int, default=8, help="--serve: concurrent clients")

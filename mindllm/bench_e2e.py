@@ -19,7 +19,6 @@ import tempfile
 import time
 
 from .errors import UserError
-from .runs import Metrics
 
 # --quick (CI): a few steps of each side with every phase present (evaluations, checkpoints, the sample)
 QUICK = ["train.max_iters=40", "train.eval_interval=20", "train.eval_iters=2", "train.ckpt_interval=20",
@@ -165,6 +164,8 @@ def measure(cmd: list[str], env: dict, log_path: str) -> dict:
 def mindllm_side(config: str | None, overrides: list[str], r: dict, out_dir: str) -> dict:
     cmd = [sys.executable, "-m", "mindllm.train", *([config] if config else []), *overrides, f"out_dir={out_dir}"]
     out = measure(cmd, {}, out_dir + ".log")
+    from .runs import Metrics  # here: runs imports MindSpore, which the PyTorch worker importing this file must not
+
     records = Metrics(out_dir, None, owner=False).read()
     tokens = r["shape"]["batch_size"] * r["shape"]["block_size"]
     # each record's tokens/s covers its log window; windows with an evaluation, and the first (the compile), are

@@ -153,7 +153,8 @@ def test_finetune_quick_runs_both_sides(tmp_path):
     assert med["mindllm"]["trainable"] == med["pytorch"]["trainable"] == 22_714_371  # all-MiniLM-L6-v2 + 3-way head
     for side in ("mindllm", "pytorch"):
         assert med[side]["median_step_ms"] > 0 and med[side]["peak_rss_mb"] > 100
-    assert result["ratio"]["speed"] == pytest.approx(med["pytorch"]["median_step_ms"] / med["mindllm"]["median_step_ms"])
+    speed = med["pytorch"]["median_step_ms"] / med["mindllm"]["median_step_ms"]
+    assert result["ratio"]["speed"] == pytest.approx(speed)
     table = (tmp_path / "finetune.md").read_text(encoding="utf-8")
     assert "| mindllm (MindSpore graph) |" in table and table in out.stdout
 
@@ -196,3 +197,13 @@ def test_finetune_lora_and_prompt_tuning_train_what_peft_trains(tmp_path, config
     assert out.returncode == 0, out.stderr[-2000:]
     med = json.loads((tmp_path / "finetune.json").read_text())["median"]
     assert med["mindllm"]["trainable"] == med["pytorch"]["trainable"] == trainable
+
+
+def test_the_pytorch_workers_never_import_mindspore():
+    """The reference's peak RSS is PyTorch's own: a MindSpore import in its worker added ~250 MB to the reference
+    (this happened: bench_e2e imported mindllm.runs at the top)."""
+    code = ("import sys; from mindllm import bench, bench_e2e, bench_finetune, bench_torch; "
+            "from mindllm.data.tokenizer import minilm_dir; "
+            "print(sorted(m for m in sys.modules if m.startswith('mindspore')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout[-500:] + out.stderr[-2000:]
