@@ -30,6 +30,19 @@ READ_PAGE = """(() => {
           error: !!document.querySelector("#log .msg.error")};
 })()"""
 
+# Records, inside the page, each distinct text of the answer bubble and when it appeared (s after the call): a
+# MutationObserver sees every render, where polling from outside missed states on a busy machine.
+WATCH_ANSWER = """(() => {
+  const seen = window.__answers = [], t0 = performance.now();
+  const grab = () => {
+    const e = document.querySelector("#log .msg.assistant, #log .msg.error"), s = e && e.textContent;
+    if (s && (!seen.length || seen[seen.length - 1][0] !== s)) seen.push([s, (performance.now() - t0) / 1000]);
+  };
+  new MutationObserver(grab).observe(document.getElementById("log"),
+                                     {subtree: true, childList: true, characterData: true});
+  return true;
+})()"""
+
 
 def find_chromium(why: str) -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -106,17 +119,16 @@ def chat_in_browser(url: str, message: str, screenshot: str | None = None, timeo
                 raise UserError(f"the page at {url} has no input '{key}'")
         page.evaluate('document.getElementById("input").focus()')
         page.send("Input.insertText", text=message)  # what typing (or an input method, for Chinese) delivers
+        page.evaluate(WATCH_ANSWER)
         for kind in ("keyDown", "keyUp"):
             page.send("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13)
-        start, texts, times = time.monotonic(), [], []
         while True:
             seen = page.evaluate(READ_PAGE)
-            if seen["answer"] and (not texts or seen["answer"] != texts[-1]):  # from the first non-empty text
-                texts.append(seen["answer"])
-                times.append(round(time.monotonic() - start, 3))
             if seen["meta"] or seen["error"]:  # the page fills the meta line once the answer is complete
                 break
-            wait(deadline, timeout, f"answer (last text: {texts[-1][-40:]!r})" if texts else "answer")
+            wait(deadline, timeout, f"answer (so far: {(seen['answer'] or '')[-40:]!r})")
+        recorded = page.evaluate("window.__answers")  # from the first non-empty text
+        texts, times = [text for text, _ in recorded], [round(t, 3) for _, t in recorded]
         if screenshot:  # once web fonts have loaded: until then Chromium draws their text invisible
             while page.evaluate('document.fonts.status') != "loaded":
                 wait(deadline, timeout, "load its fonts")
