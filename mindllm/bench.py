@@ -25,7 +25,7 @@ import time
 
 from .errors import ArgumentParser, UserError, cli
 from .bench_torch import torch_adamw, torch_gpt
-from .workers import median_seconds, peak_rss_mb, spawn
+from .workers import median_seconds, peak_rss_mb, spawn, timed
 
 # nanoGPT's CPU shape (its README's shakespeare_char on a laptop) and the 6L/6H/384 shape its GPU run uses
 SHAPES = {
@@ -52,21 +52,6 @@ def _batches(s: dict, n: int, seed: int = 0):
     return [(rng.integers(0, VOCAB, shape, dtype=np.int32), rng.integers(0, VOCAB, shape, dtype=np.int32))
             for _ in range(n)]
 
-
-def _timed(step, batches, warmup: int, steps: int) -> tuple[list[float], list[float]]:
-    """Run `warmup` untimed steps (graph compile, allocator warm-up), then `steps` timed ones."""
-    losses, times = [], []
-    for i in range(warmup + steps):
-        x, y = batches[i % len(batches)]
-        t0 = time.perf_counter()
-        loss = step(x, y)  # returns a Python float: the step has finished
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-        losses.append(loss)
-    return times, losses
-
-
-# ---------------------------------------------------------------- MindSpore workers
 
 def _ms_model(s: dict, block_size: int | None = None):
     os.environ.setdefault("GLOG_v", "3")
@@ -104,7 +89,7 @@ def ms_train(s: dict, warmup: int, steps: int) -> dict:
     t0 = time.perf_counter()
     one(*_batches(s, 1, seed=1)[0])  # the first call compiles the graph
     compile_s = time.perf_counter() - t0
-    times, losses = _timed(one, _batches(s, 8), warmup, steps)
+    times, losses = timed(one, _batches(s, 8), warmup, steps)
     return {"step_s": times, "losses": losses, "params": model.num_params(non_embedding=False),
             "compile_s": compile_s, "peak_rss_mb": peak_rss_mb()}
 
@@ -144,7 +129,7 @@ def torch_train(s: dict, warmup: int, steps: int) -> dict:
         return loss.item()
 
     one(*_batches(s, 1, seed=1)[0])
-    times, losses = _timed(one, _batches(s, 8), warmup, steps)
+    times, losses = timed(one, _batches(s, 8), warmup, steps)
     return {"step_s": times, "losses": losses, "params": sum(p.numel() for p in params), "compile_s": 0.0,
             "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads()}
 

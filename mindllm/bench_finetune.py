@@ -61,18 +61,14 @@ def batches(r: dict, vocab: int, n: int, seed: int = 0) -> list[tuple]:
     return out
 
 
-def _timed(step, data, warmup: int, steps: int) -> tuple[float, list[float]]:
-    """(the first call's seconds, the timed steps' seconds) after `warmup` untimed steps."""
+def _first_then_timed(step, data, warmup: int, steps: int) -> tuple[float, list[float]]:
+    """(the first call's seconds: mindllm's compile, PyTorch's allocator warm-up; the timed steps' seconds)."""
+    from .workers import timed
+
     t0 = time.perf_counter()
-    step(*data[0])  # compiles (mindllm) or warms the allocator (PyTorch)
+    step(*data[0])
     first = time.perf_counter() - t0
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        step(*data[(i + 1) % len(data)])  # returns a float: the step has finished
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return first, times
+    return first, timed(step, data[1:] + data[:1], warmup, steps)[0]
 
 
 def ms_finetune(r: dict, warmup: int, steps: int) -> dict:
@@ -109,7 +105,7 @@ def ms_finetune(r: dict, warmup: int, steps: int) -> dict:
     def one(*batch):
         return float(step(*(Tensor(a) for a in batch))[0].asnumpy())
 
-    first, times = _timed(one, batches(r, model.config.vocab_size, 4), warmup, steps)
+    first, times = _first_then_timed(one, batches(r, model.config.vocab_size, 4), warmup, steps)
     return {"step_s": times, "first_s": first, "peak_rss_mb": peak_rss_mb(),
             "trainable": sum(int(p.size) for p in model.trainable_params())}
 
@@ -153,7 +149,7 @@ def torch_finetune(r: dict, warmup: int, steps: int) -> dict:
         opt.step()
         return loss.item()
 
-    first, times = _timed(one, batches(r, model.config.vocab_size, 4), warmup, steps)
+    first, times = _first_then_timed(one, batches(r, model.config.vocab_size, 4), warmup, steps)
     return {"step_s": times, "first_s": first, "peak_rss_mb": peak_rss_mb(),
             "trainable": sum(p.numel() for p in trainable), "threads": torch.get_num_threads()}
 

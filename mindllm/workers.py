@@ -27,6 +27,19 @@ def median_seconds(fn, repeats: int = 3):
     return statistics.median(times), out
 
 
+def timed(step, batches, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+    """Run `warmup` untimed steps (graph compile, allocator warm-up), then `steps` timed ones; step(*batch) returns
+    a Python float (the loss), so the step has finished. -> (timed seconds, every loss)."""
+    losses, times = [], []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        loss = step(*batches[i % len(batches)])
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+        losses.append(loss)
+    return times, losses
+
+
 def spawn(name: str, env: dict, **kwargs) -> dict:
     """Run bench's worker `name` with `kwargs` in a new process; its last stdout line is its JSON result."""
     cmd = [sys.executable, "-m", "mindllm.bench", "--worker", name, "--worker-args", json.dumps(kwargs)]
