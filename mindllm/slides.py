@@ -1,11 +1,12 @@
 """Notebooks -> reveal.js slide decks that open offline.
 
-    python -m mindllm.slides notebooks/01_backprop_by_hand.ipynb [more.ipynb ...] [--all] [--out DIR] [--pdf] [--check]
+    python -m mindllm.slides notebooks/01_backprop_by_hand.ipynb [more.ipynb ...] [--all] [--lang zh] [--out DIR]
+                             [--pdf] [--check]
 
-Each notebook becomes DIR/<name>.html. reveal.js and MathJax are copied from installed PyPI packages into
+Each notebook becomes DIR/<name>.html; with --lang zh, its Chinese edition (notebooks/<name>.zh.ipynb, made by
+python -m mindllm.translate build) becomes DIR/<name>.zh.html. reveal.js and MathJax are copied from installed PyPI packages into
 DIR/_assets/, so a deck (or the whole DIR, zipped) works with no network. Author guide: docs/slides.md.
 """
-import glob
 import html as html_module
 import json
 import os
@@ -24,6 +25,7 @@ from . import fonts
 from .browser import FLAGS, find_chromium
 from .nbfile import read_notebook
 from .errors import ArgumentParser, UserError, cli
+from .translate import chinese_notebook, english_notebooks
 
 ASSETS = "_assets"
 THEME = "white"  # the only theme copied: most other reveal.js themes @import Google Fonts
@@ -239,20 +241,33 @@ def print_pdf(html: str) -> str:
     return pdf
 
 
+def in_chinese(path: str) -> str:
+    """The Chinese edition of an English notebook (a Chinese one is kept as it is)."""
+    zh = path if path.endswith(".zh.ipynb") else chinese_notebook(path)
+    if not os.path.isfile(zh):
+        raise UserError(f"{path} has no Chinese edition ({zh}): python -m mindllm.translate build writes it from "
+                        f"notebooks/zh/")
+    return zh
+
+
 @cli
 def main(argv=None):
     ap = ArgumentParser(prog="python -m mindllm.slides", description="Notebooks -> offline reveal.js decks.",
                         epilog="Cell tags: " + "; ".join(f"{t}: {what}" for t, what in TAGS.items()))
     ap.add_argument("notebooks", nargs="*", help=".ipynb files")
-    ap.add_argument("--all", action="store_true", help="every notebooks/*.ipynb")
+    ap.add_argument("--all", action="store_true", help="every notebook in notebooks/")
+    ap.add_argument("--lang", choices=["en", "zh"], default="en", help="zh: the decks of the notebooks' Chinese "
+                    "editions, with Chinese speaker notes (default: en)")
     ap.add_argument("--out", default="slides", help="output folder (default: slides)")
     ap.add_argument("--pdf", action="store_true", help="also print each deck to PDF with headless Chromium")
     ap.add_argument("--check", action="store_true", help="measure every slide in headless Chromium and list what "
                     "does not fit a 1280x720 screen, code over 12 lines, slides without notes (exit 1 if any)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    paths = args.notebooks + (sorted(glob.glob(os.path.join("notebooks", "*.ipynb"))) if args.all else [])
+    paths = args.notebooks + (english_notebooks(".") if args.all else [])
     if not paths:
         raise UserError("no notebooks: give .ipynb paths, or --all from the repository root")
+    if args.lang == "zh":
+        paths = [in_chinese(p) for p in paths]
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:  # a file in the way, no permission

@@ -2,7 +2,6 @@
 check, the student edition (solutions blanked) fails every one with a message, and `python -m mindllm.grade` scores
 both (100% and 0%), catches a planted wrong answer, and grades a folder into a CSV."""
 import csv
-import glob
 import json
 import os
 import re
@@ -13,10 +12,11 @@ import pytest
 from mindllm import exercises
 from mindllm.exercises.editions import BEGIN, END, student_edition, tags
 from mindllm.grade import expected, main, run_checks
+from mindllm.translate import english_notebooks
 from test_cli import assert_clean_error, call
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+NOTEBOOKS = english_notebooks(ROOT)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)

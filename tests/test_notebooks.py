@@ -1,13 +1,15 @@
 """Every notebook: slide metadata on every cell, a title slide, outputs from one top-to-bottom run, and it executes
 in fast mode (MINDLLM_FAST=1 shortens loops) on the CPU."""
-import glob
 import os
 
 import nbformat
 import pytest
 
+from mindllm.translate import chinese_notebook, english_notebooks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+NOTEBOOKS = english_notebooks(ROOT)
+EVERY = NOTEBOOKS + [chinese_notebook(p) for p in NOTEBOOKS if os.path.isfile(chinese_notebook(p))]  # + generated
 SLIDE_TYPES = {"slide", "subslide", "fragment", "skip", "notes", "-"}
 
 
@@ -15,7 +17,7 @@ def names(paths):
     return [os.path.basename(p) for p in paths]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=names(NOTEBOOKS))
+@pytest.mark.parametrize("path", EVERY, ids=names(EVERY))
 def test_slide_metadata_and_title(path):
     nb = nbformat.read(path, as_version=4)
     for i, cell in enumerate(nb.cells):
@@ -26,7 +28,7 @@ def test_slide_metadata_and_title(path):
     assert first.metadata["slideshow"]["slide_type"] == "slide"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=names(NOTEBOOKS))
+@pytest.mark.parametrize("path", EVERY, ids=names(EVERY))
 def test_committed_outputs_come_from_one_full_run(path):
     nb = nbformat.read(path, as_version=4)
     counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]

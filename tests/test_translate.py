@@ -1,0 +1,201 @@
+"""The Chinese edition (python -m mindllm.translate): every English unit has its Chinese, in step with the English
+(hash), with the same numbers and the glossary's terms; the Chinese notebooks are generated from the English ones
+and share their code and outputs byte for byte. The rules are tested on a small hand-made course first."""
+import os
+import re
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from mindllm import translate
+from mindllm.translate import (Pair, blocks, chinese_edition, chinese_notebook, digest, english_notebooks, glossary,
+                               numerals, pair_problems, pairs, sections, skeleton)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = english_notebooks(ROOT)
+
+
+def test_sections_split_at_headings_outside_code_fences():
+    text = "intro line\n# Week 1 — Backprop\nbody\n```\n# not a heading\n```\n## Terms (术语)\nrow\n## Terms (术语)\nx"
+    assert [k for k, _ in sections(text)] == ["top", "week-1-backprop", "terms", "terms-2"]
+    assert sections(text)[1][1] == "# Week 1 — Backprop\nbody\n```\n# not a heading\n```"
+    assert translate.slug("Results to expect (full run: about 5 min on a quiet 2-core CPU)") == \
+        "results-to-expect-full-run-about-5-min"  # at most 40 characters, whole words
+
+
+def test_numerals_drop_thousands_separators_and_keep_decimals():
+    assert numerals("val loss 1.891 after 2,000 steps in fp16, 1,234,567 tokens; 3, 4") == \
+        sorted(["1.891", "2000", "16", "1234567", "3", "4"])
+    assert numerals("第 6 周：2000 步后验证损失 1.891") == sorted(["6", "2000", "1.891"])
+
+
+def test_blocks_read_markers_keys_hashes_and_links():
+    text = "preamble\n<!-- en abc 0123abcd -->\n中文一\n\n<!-- en sec-two 89abcdef link -->\n## 第二节\n"
+    found = blocks(text)
+    assert [(b.key, b.hash, b.text, b.link) for b in found] == [("abc", "0123abcd", "中文一", False),
+                                                                ("sec-two", "89abcdef", "## 第二节", True)]
+
+
+GLOSSARY = """# Glossary
+## Checked terms (检查的术语)
+| English | 中文 | week |
+|---|---|---|
+| causal mask | 因果掩码 | 4 |
+| nucleus (top-p) sampling | 核采样 / Top-p 采样 | 6 |
+## Words with more than one sense (not checked)
+| English | 中文 | week |
+|---|---|---|
+| mask | 掩码 | 4 |
+"""
+
+
+@pytest.fixture
+def course(tmp_path):
+    """A one-notebook course: two markdown cells (one with numbers and a glossary term), one code cell."""
+    (tmp_path / "notebooks" / "zh").mkdir(parents=True)
+    (tmp_path / "lessons").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "glossary.md").write_text(GLOSSARY, encoding="utf-8")
+    nb = new_notebook(cells=[new_markdown_cell("# Week 6 — GPT", id="title"),
+                             new_code_cell("print(2 + 2)", id="code1",
+                                           outputs=[new_output("stream", name="stdout", text="4\n")]),
+                             new_markdown_cell("The causal mask hides 3 of 4 positions for the first one.",
+                                               id="notes1")])
+    nbformat.write(nb, str(tmp_path / "notebooks" / "06_gpt.ipynb"))
+    return tmp_path
+
+
+def write_translation(course, title="# 第 6 周 — GPT", notes="因果掩码对第一个位置遮住 4 个位置中的 3 个。"):
+    en = nbformat.read(str(course / "notebooks" / "06_gpt.ipynb"), as_version=4).cells
+    text = f"<!-- en title {digest(en[0].source)} -->\n{title}\n\n<!-- en notes1 {digest(en[2].source)} -->\n{notes}\n"
+    (course / "notebooks" / "zh" / "06_gpt.md").write_text(text, encoding="utf-8")
+
+
+def problems_of(course):
+    pair = Pair("notebooks/06_gpt.ipynb", "notebooks/zh/06_gpt.md")
+    return pair_problems(pair, str(course), glossary(str(course)))
+
+
+def test_a_faithful_translation_has_no_problems_and_builds_a_notebook_with_the_same_code(course):
+    write_translation(course)
+    assert problems_of(course) == []
+    zh = chinese_edition(str(course / "notebooks" / "06_gpt.ipynb"), str(course / "notebooks" / "zh" / "06_gpt.md"))
+    assert [c.source for c in zh.cells] == ["# 第 6 周 — GPT", "print(2 + 2)", "因果掩码对第一个位置遮住 4 个位置中的 3 个。"]
+    assert zh.cells[1].outputs[0].text == "4\n" and zh.metadata["mindllm"]["language"] == "zh"
+
+
+def test_each_kind_of_drift_is_named(course):
+    write_translation(course, notes="掩码对第一个位置遮住 4 个位置中的 5 个。")  # wrong number, term not used
+    found = problems_of(course)
+    assert any("numbers differ" in p and "missing 3" in p and "not in the English 5" in p for p in found), found
+    assert any("glossary: 'causal mask' is 因果掩码" in p for p in found), found
+    write_translation(course, notes="The causal mask hides 3 of 4 positions for the first one.")
+    assert any("no Chinese in the translation" in p for p in problems_of(course))
+
+    write_translation(course)
+    path = course / "notebooks" / "06_gpt.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells[2].source = nb.cells[2].source.replace("3 of 4", "2 of 4")  # the English changes after translation
+    nb.cells.append(new_markdown_cell("## A new slide", id="new1"))
+    nbformat.write(nb, str(path))
+    found = problems_of(course)
+    assert any(p.startswith("notebooks/zh/06_gpt.md: notes1: stale: the English changed") for p in found), found
+    assert "notebooks/zh/06_gpt.md: new1: missing (no block for this markdown cell)" in found
+
+    nb.cells = nb.cells[1:]  # the title cell is deleted from the English
+    nbformat.write(nb, str(path))
+    assert any("title: no such markdown cell" in p for p in problems_of(course))
+
+
+def test_skeleton_adds_the_missing_blocks_in_order_and_keeps_the_translated_ones(course):
+    write_translation(course)
+    path = course / "notebooks" / "06_gpt.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells.insert(1, new_markdown_cell("## Tokens per second", id="mid"))
+    nbformat.write(nb, str(path))
+    pair = Pair("notebooks/06_gpt.ipynb", "notebooks/zh/06_gpt.md")
+    assert skeleton(pair, str(course)) == 1
+    found = blocks((course / "notebooks" / "zh" / "06_gpt.md").read_text(encoding="utf-8"))
+    assert [b.key for b in found] == ["title", "mid", "notes1"]
+    assert found[0].text == "# 第 6 周 — GPT" and found[1].text.startswith(translate.TODO)
+    assert any("mid: not translated yet" in p for p in problems_of(course))
+
+
+def test_the_whole_course_has_its_chinese_in_step():
+    """Every notebook's markdown cells, every lesson plan and solutions section, the lessons' README and the README:
+    translated, not stale, same numbers, glossary terms used (python -m mindllm.translate check prints the same)."""
+    terms = glossary(ROOT)
+    assert len(terms) > 100
+    found = [line for pair in pairs(ROOT) for line in pair_problems(pair, ROOT, terms)]
+    assert found == [], f"{len(found)} problem(s), e.g.\n" + "\n".join(found[:30])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_the_chinese_notebook_is_generated_and_shares_code_and_outputs(path):
+    zh_path = chinese_notebook(path)
+    assert os.path.isfile(zh_path), "run python -m mindllm.translate build"
+    name = os.path.splitext(os.path.basename(path))[0]
+    expected = chinese_edition(path, os.path.join(ROOT, "notebooks", "zh", name + ".md"))
+    committed = nbformat.read(zh_path, as_version=4)
+    assert committed == expected, "out of date: run python -m mindllm.translate build"
+    english = nbformat.read(path, as_version=4)
+    assert [c.id for c in committed.cells] == [c.id for c in english.cells]
+    for en, zh in zip(english.cells, committed.cells):
+        if en.cell_type == "code":
+            assert (zh.source, zh.outputs, zh.execution_count) == (en.source, en.outputs, en.execution_count)
+        else:
+            assert re.search(r"[\u4e00-\u9fff]", zh.source) or not re.search(r"[A-Za-z]{3,}", en.source), zh.id
+
+
+def terms_tables(path):
+    text = open(path, encoding="utf-8").read()
+    return re.search(r"\n## (?:Terms|术语)[^\n]*\n(.*?)(?:\n## |\Z)", text, re.S).group(1)
+
+
+@pytest.mark.parametrize("week", range(1, 13))
+def test_every_lesson_terms_table_agrees_with_the_glossary(week):
+    """Every Chinese term a week's plan teaches is in docs/glossary.md, and the Chinese plan's table is the same."""
+    glossary_text = open(os.path.join(ROOT, translate.GLOSSARY), encoding="utf-8").read()
+    table = terms_tables(os.path.join(ROOT, "lessons", f"week{week:02d}.md"))
+    for row in table.splitlines():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if row.startswith("|") and len(cells) > 1 and not set(cells[1]) <= set("-: ") and cells[1] != "中文":
+            for form in re.split(r"\s*(?:/|,|，|\(|\)|（|）)\s*", cells[1]):
+                assert not form or form in glossary_text, f"week {week}: {form} ({cells[0]}) is not in the glossary"
+    zh_plan = os.path.join(ROOT, "lessons", "zh", f"week{week:02d}.md")
+    assert terms_tables(zh_plan).strip() == table.strip()
+
+
+@pytest.mark.parametrize("week", range(1, 13))
+def test_every_chinese_lesson_plan_has_the_sections_of_a_plan(week):
+    text = open(os.path.join(ROOT, "lessons", "zh", f"week{week:02d}.md"), encoding="utf-8").read()
+    for heading in ("## 学习目标", "## 课堂安排（90 分钟）", "## 核心公式", "## 术语", "## 练习", "## 延伸阅读"):
+        assert heading in text, f"lessons/zh/week{week:02d}.md lacks {heading}"
+    assert os.path.isfile(os.path.join(ROOT, "lessons", "zh", "solutions", f"week{week:02d}.md"))
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "mindllm.translate", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_bad_input_is_one_line_and_status_2(tmp_path):
+    for args, cwd, fragment in ((["check", "setup.cfg"], ROOT, "neither an English course file"),
+                                (["skeleton"], ROOT, "skeleton needs the files"),
+                                (["status"], str(tmp_path), "from the repository root"),
+                                (["translate-all"], ROOT, "invalid choice")):
+        p = run(*args, cwd=cwd)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and fragment in lines[-1], (args, p.stderr)
+
+
+def test_cli_check_and_status_on_the_course():
+    p = run("check", "notebooks/06_gpt.ipynb", "lessons/zh/week06.md")
+    assert p.returncode == 0 and "2 file(s): every unit translated and in step" in p.stdout, p.stdout + p.stderr
+    p = run("status")
+    assert p.returncode == 0
+    rows = [line for line in p.stdout.splitlines() if "units in step" in line]
+    assert len(rows) == len(pairs(ROOT)) and all("problem" not in row for row in rows), p.stdout
