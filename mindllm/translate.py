@@ -18,6 +18,7 @@ must be used. Notebooks are generated: English code and outputs, Chinese markdow
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import glob
 import hashlib
 import os
@@ -137,11 +138,24 @@ def chinese_notebook(english: str) -> str:
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
+# A number with a scale word is its value, so "5 million", "5M", "5,000,000" and "500 万" all read 5000000.
+SCALED = re.compile(r"(\d+(?:,\d{3})*(?:\.\d+)?)\s*(?:(million|billion|thousand|M|B|k)(?!\w|-means)|(万亿|百万|亿|万|千))")
+SCALE = {"thousand": 3, "k": 3, "million": 6, "M": 6, "billion": 9, "B": 9, "千": 3, "万": 4, "百万": 6, "亿": 8,
+         "万亿": 12}
+
+
 def numerals(text: str) -> list[str]:
-    """The numbers a text states, thousands separators dropped (1,891 = 1891), sorted: a translation states the
-    same ones. Digits inside identifiers (week01, fp16, sm_86) count too: they are copied unchanged."""
+    """The numbers a text states, thousands separators dropped (1,891 = 1891) and scale words applied (see SCALED),
+    sorted: a translation states the same ones. Digits inside identifiers (week01, fp16, sm_86) count too: they are
+    copied unchanged."""
     found = []
-    for n in NUMBER.findall(text):
+
+    def value(m):
+        number = decimal.Decimal(m[1].replace(",", "")).scaleb(SCALE[m[2] or m[3]])
+        found.append(f"{number.normalize():f}")
+        return " "
+
+    for n in NUMBER.findall(SCALED.sub(value, text)):
         n = re.sub(r"(?<=\d),(?=\d{3}\b)", "", n)
         found.extend(p for p in n.split(",") if p)
     return sorted(found)

@@ -30,6 +30,11 @@ def test_numerals_drop_thousands_separators_and_keep_decimals():
     assert numerals("val loss 1.891 after 2,000 steps in fp16, 1,234,567 tokens; 3, 4") == \
         sorted(["1.891", "2000", "16", "1234567", "3", "4"])
     assert numerals("第 6 周：2000 步后验证损失 1.891") == sorted(["6", "2000", "1.891"])
+    # scale words: each language writes large numbers its own way
+    assert numerals("5 million characters, a 1.3M-parameter model, 4k-token chats, 128 billion") == \
+        numerals("500 万个字符，1.3M 参数的模型，4k 词元的对话，1280 亿") == \
+        sorted(["5000000", "1300000", "4000", "128000000000"])
+    assert numerals("k-means with 8 k-means clusters") == ["8"]
 
 
 def test_blocks_read_markers_keys_hashes_and_links():
