@@ -171,7 +171,7 @@ def test_lang_zh_builds_the_chinese_deck_with_chinese_notes(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(deck)
     html = deck.read_text(encoding="utf-8")
     notes = re.findall(r'<aside class="notes">(.*?)</aside>', html, re.S)
-    assert notes and sum(bool(re.search(r"[\u4e00-\u9fff]{10}", n)) for n in notes) == len(notes)
+    assert notes and all(len(re.findall(r"[\u4e00-\u9fff]", n)) >= 10 for n in notes)  # Chinese speaker notes
     assert Deck(html).slides == expected_slides(NOTEBOOKS[5])
     lonely = tmp_path / "lonely.ipynb"
     every_feature_notebook(lonely)
