@@ -55,8 +55,9 @@ def pick(logits, rng, temperature=1.0, **rules):
 
 class Decoder:
     """The model's two forward passes used by generation, compiled once each (graph mode) with static shapes:
-    `window(idx)` on a full block (B, block_size) -> (logits, cache), and `step(tok, cache, pos)` on one new
-    token per row."""
+    `encode(idx)` on a full block (B, block_size) -> (logits, cache), and `next(tok, cache, pos)` on one new token
+    per row. Where the kernels apply, `next` is a whole GPT's step in one kernel (kernels.decode_step): call
+    `start()` before each generation, so it reads the weights as they are then."""
 
     def __init__(self, model, batch_size: int, compile_: bool = True):
         self.model, self.batch_size = model, batch_size
@@ -70,6 +71,22 @@ class Decoder:
 
         wrap = ms.jit if compile_ else (lambda f: f)
         self.window, self.step = wrap(window), wrap(step)
+        self.kernel = kernels.decode_step(model) if compile_ else None
+
+    def start(self) -> None:
+        if self.kernel is not None:
+            self.kernel.pack()
+
+    def encode(self, idx):
+        logits, cache = self.window(idx)
+        return logits, (cache if self.kernel is None else self.kernel.cache(cache))
+
+    def next(self, tok, cache, pos: int):
+        pos = Tensor(pos, ms.int32)
+        if self.kernel is not None:
+            return self.kernel.step(tok, cache, pos)
+        # mutable: the cache and position are data, not constants to specialise (and recompile) the graph on
+        return self.step(tok, ms.mutable(cache), ms.mutable(pos))
 
 
 def decoder_for(model, batch_size: int, compile_: bool) -> Decoder:
@@ -101,6 +118,7 @@ def tokens(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, repe
     rules = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     model.set_train(False)
     dec = decoder_for(model, B, compile_)
+    dec.start()
 
     def padded_window():
         win = idx[:, -block:]
@@ -113,11 +131,10 @@ def tokens(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, repe
             logits = dec.window(x)[0].asnumpy()[:, n - 1]
         elif cache is None or pos >= block:  # (re)encode the current window into a fresh cache
             x, n = padded_window()
-            out, cache = dec.window(x)
+            out, cache = dec.encode(x)
             logits, pos = out.asnumpy()[:, n - 1], n
         else:  # feed only the newest token
-            # mutable: the cache and position are data, not constants to specialise (and recompile) the graph on
-            out, cache = dec.step(Tensor(idx[:, -1:]), ms.mutable(cache), ms.mutable(Tensor(pos, ms.int32)))
+            out, cache = dec.next(Tensor(idx[:, -1:]), cache, pos)
             logits, pos = out.asnumpy()[:, 0], pos + 1
         nxt = pick(logits, rng, history=idx, **rules).astype(np.int32)
         idx = np.concatenate([idx, nxt[:, None]], axis=1)

@@ -73,11 +73,10 @@ def propose(draft, ids: np.ndarray, k: int, rules: dict, rng) -> tuple[list[int]
     for _ in range(k):
         if cache is None or pos >= block:
             win = np.array(seq[-block:], np.int32)
-            logits, cache = dec.window(Tensor(np.pad(win, (0, block - len(win)))[None]))
+            logits, cache = dec.encode(Tensor(np.pad(win, (0, block - len(win)))[None]))
             row, pos = logits.asnumpy()[0, len(win) - 1], len(win)
         else:
-            step_pos = ms.mutable(Tensor(pos, ms.int32))  # data, not a constant to recompile the graph on
-            logits, cache = dec.step(Tensor([[seq[-1]]], ms.int32), ms.mutable(cache), step_pos)
+            logits, cache = dec.next(Tensor([[seq[-1]]], ms.int32), cache, pos)
             row, pos = logits.asnumpy()[0, 0], pos + 1
         q = probabilities(row, **rules)
         x = int(np.argmax(q)) if rules["temperature"] == 0 else int(rng.choice(len(q), p=q))
@@ -108,6 +107,7 @@ def speculative_tokens(target, draft, idx, max_new_tokens: int, k: int = 4, temp
     ids = np.asarray(idx, np.int32).ravel()
     target.set_train(False)
     draft.set_train(False)
+    decoder_for(draft, 1, True).start()  # propose's decoder reads the draft's weights as they are now
     left = max_new_tokens
     while left > 0:
         n = min(k, left, block - len(ids))  # proposals the target can check inside its window

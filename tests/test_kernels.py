@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import mindspore as ms
-from mindspore import Tensor, nn
+from mindspore import Tensor, nn, ops
 
 from mindllm import kernels
 from mindllm.models import layers
@@ -176,6 +176,37 @@ def test_decoding_with_kernels_equals_plain(monkeypatch):
     assert (generate(fused, prompt, 30, temperature=0.0) == want).all()
     assert fused.transformer.h[0].decode_kernel and type(plain.transformer.h[0]).__name__ == "Block"
     assert (generate(fused, prompt, 30, temperature=0.0, kv_cache=False) == want).all()
+
+
+def test_one_kernel_decoding_step_equals_the_block_graph_and_rereads_the_weights(monkeypatch):
+    """A whole GPT's decoding step in one kernel (kernels.decode_step) against the per-block graph it replaces:
+    same logits and caches; and a generation after the weights change decodes with the new weights."""
+    from mindllm.decoding import decoder_for
+    from mindllm.sample import generate
+
+    cfg = GPTConfig(vocab_size=50, block_size=24, n_layer=3, n_head=2, n_embd=32)
+    plain, fused = plain_and_fused(lambda: GPT(cfg))
+    dec = decoder_for(fused, 2, True)
+    assert dec.kernel is not None and decoder_for(fused, 2, False).kernel is None
+    rng = np.random.default_rng(5)
+    logits, presents = dec.window(Tensor(rng.integers(0, 50, (2, 24)).astype(np.int32)))
+    tok, pos = Tensor(rng.integers(0, 50, (2, 1)).astype(np.int32)), 9
+    want, want_cache = dec.step(tok, ms.mutable(presents), ms.mutable(Tensor(pos, ms.int32)))
+    dec.start()
+    got, got_cache = dec.kernel.step(tok, dec.kernel.cache(presents), Tensor(pos, ms.int32))
+    np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(got_cache.asnumpy(), dec.kernel.cache(want_cache).asnumpy(), atol=1e-6)
+
+    prompt = rng.integers(0, 50, (1, 4)).astype(np.int32)
+    generate(fused, prompt, 5, temperature=0.0)  # packs the weights as they are now
+    before = generate(fused, prompt, 12, temperature=0.0)
+    for model in (plain, fused):  # then "training" changes them, in place (as optimizers and load_checkpoint do)
+        for name, p in model.parameters_and_names():
+            if name.startswith("transformer.h.1.mlp"):
+                ops.assign(p, Tensor(np.random.default_rng(6).normal(0, 0.5, p.shape).astype(np.float32)))
+    assert not (generate(fused, prompt, 12, temperature=0.0) == before).all()
+    assert (generate(fused, prompt, 12, temperature=0.0) ==
+            plain_generate(monkeypatch, plain, prompt, 12, temperature=0.0)).all()
 
 
 @pytest.mark.slow

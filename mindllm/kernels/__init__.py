@@ -30,6 +30,7 @@ from mindspore import ops
 from ..errors import UserError
 from ..models.surgery import replace_cells
 from ..steps import clip_by_global_norm as plain_clip
+from .decode import GPTDecodeStep
 from .fused import FusedBlock, decode_kernel_applies, fused_version
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
@@ -133,6 +134,9 @@ class Kernels:
             lambda *a: (f32, f32, f32))
         self.decode_block = op(  # a whole GPT block for one decoding step: no bprop
             "DecodeBlock", lambda x, *rest: (x, rest[12], rest[13]), lambda *a: (f32, f32, f32))
+        self.decode_gpt = op(  # a whole GPT's decoding step: no bprop
+            "DecodeGPT", lambda idx, wte, w, cache, meta, pos: ([idx[0], idx[1], wte[0]], cache),
+            lambda *a: (f32, f32))
         self.quant_matmul = op(  # a quantized run's Linear: no bprop (int8 weights do not train)
             "QuantMatmul", lambda x, q, s, z: x[:-1] + [q[1]], lambda *a: f32)
         self.add_bias = op("AddBias", lambda x, b: x, lambda x, b: f32, bias_bprop)
@@ -152,6 +156,13 @@ def clip_by_global_norm():
     activations, not weights)."""
     k = fused()
     return plain_clip if k is None else k.clip_by_global_norm
+
+
+def decode_step(model) -> "GPTDecodeStep | None":
+    """A whole GPT's decoding step as one kernel (decode.GPTDecodeStep), or None where it does not apply: no
+    kernels, not a plain GPT, or a block that cannot decode in one kernel (LoRA, mixed precision)."""
+    k = fused()
+    return None if k is None or not GPTDecodeStep.applies(model) else GPTDecodeStep(model, k.decode_gpt)
 
 
 def fuse(model):
