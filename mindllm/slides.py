@@ -53,6 +53,10 @@ html:root {
   --r-heading-font: "Source Sans Pro", "mindllm CJK", Helvetica, sans-serif;
   --r-code-font: "DejaVu Sans Mono", monospace, "mindllm CJK";
   --r-main-font-size: 30px;
+  /* nbconvert's markdown and output areas name fonts of their own (system-ui for prose): the same stacks here */
+  --jp-content-font-family: var(--r-main-font);
+  --jp-ui-font-family: var(--r-main-font);
+  --jp-code-font-family: var(--r-code-font);
 }
 /* A slide shows what fits on a 1280x720 screen: nothing scrolls. What does not fit is an authoring error that
    python -m mindllm.slides --check names (docs/slides.md). */
@@ -169,10 +173,15 @@ AUDIT = """<script>Reveal.on("ready", () => MathJax.Hub.Queue(() => document.fon
       notes: [...s.querySelectorAll("aside.notes")].map(a => a.textContent.trim()).join(" ").length});
   });
   const cjk = [...document.fonts].find(f => f.family.replace(/"/g, "") === "mindllm CJK");
+  // Chinese text in an element whose fonts do not include the bundled one shows as boxes where no system font has it
+  const boxed = [...document.querySelectorAll(".slides *")].filter(e => !e.closest(".MathJax, .MathJax_Display") &&
+    [...e.childNodes].some(n => n.nodeType === 3 && /[\u4e00-\u9fff]/.test(n.textContent)) &&
+    !getComputedStyle(e).fontFamily.includes("mindllm CJK")).map(e => e.tagName.toLowerCase() + ": " +
+    e.textContent.trim().slice(0, 30));
   const report = document.createElement("pre");
   report.id = "mindllm-audit";
   report.textContent = JSON.stringify({width: config.width, height: config.height, slides: slides,
-    chinese: /[\\u4e00-\\u9fff]/.test(document.body.innerText), cjkFont: cjk ? cjk.status : "absent"});
+    chinese: /[\\u4e00-\\u9fff]/.test(document.body.innerText), cjkFont: cjk ? cjk.status : "absent", boxed: boxed});
   document.body.appendChild(report);
 })));</script>"""
 
@@ -216,6 +225,8 @@ def problems(report: dict) -> list[str]:
             out.append(f"{where}: no speaker notes (a notes cell after the slide's cells)")
     if report["chinese"] and report["cjkFont"] != "loaded":
         out.append(f"the bundled CJK font did not load ({report['cjkFont']}): Chinese falls back to system fonts")
+    for where in report.get("boxed", [])[:5]:
+        out.append(f"Chinese text in a font stack without the bundled CJK font (boxes without a system font): {where}")
     return out
 
 
