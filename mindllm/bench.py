@@ -10,7 +10,7 @@ lines (PyTorch is a dev dependency, imported only in its workers).
     python -m mindllm.bench --quick          # CI smoke: the small shape, a few steps
     python -m mindllm.bench --kernels plain  # mindllm without its fused CPU kernels, to see what they buy
     python -m mindllm.bench --e2e            # the whole default run beside nanoGPT's train.py loop (bench_e2e.py)
-    python -m mindllm.bench --finetune       # a MiniLM fine-tuning step beside PyTorch + transformers
+    python -m mindllm.bench --finetune       # a MiniLM fine-tuning (or BERT pretraining) step beside PyTorch + transformers
     python -m mindllm.bench --serve runs/week09/full  # load-test `python -m mindllm.serve`: 1 vs 8 clients
 """
 from __future__ import annotations
@@ -320,8 +320,9 @@ def build_parser():
                          "loop in PyTorch (wall, time outside the steps, CPU, peak RSS; bench_e2e.py)")
     ap.add_argument("--finetune", nargs="?", const="", metavar="CONFIG",
                     help="instead: a fine-tuning step of the real all-MiniLM-L6-v2 as CONFIG takes it (default "
-                         "configs/bert_cls_minilm_tweets.yaml; LoRA and prompt tuning too), mindllm beside PyTorch + "
-                         "transformers + peft (step time, peak RSS; bench_finetune.py)")
+                         "configs/bert_cls_minilm_tweets.yaml; LoRA and prompt tuning too), or a BERT pretraining "
+                         "step (configs/bert_mlm_peoples_daily.yaml), mindllm beside PyTorch + transformers + peft "
+                         "(step time, peak RSS; bench_finetune.py, bench_pretrain.py)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="--e2e, --finetune: a config override for both sides (repeatable), e.g. --set "
                          "train.max_iters=500")

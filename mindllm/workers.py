@@ -40,6 +40,15 @@ def timed(step, batches, warmup: int, steps: int) -> tuple[list[float], list[flo
     return times, losses
 
 
+def first_then_timed(step, data, warmup: int, steps: int) -> tuple[float, list[float]]:
+    """(the first call's seconds: mindllm's compile, PyTorch's allocator warm-up; the timed steps' seconds), the
+    first call on data[0], the timed ones from data[1] on."""
+    t0 = time.perf_counter()
+    step(*data[0])
+    first = time.perf_counter() - t0
+    return first, timed(step, data[1:] + data[:1], warmup, steps)[0]
+
+
 def spawn(name: str, env: dict, **kwargs) -> dict:
     """Run bench's worker `name` with `kwargs` in a new process; its last stdout line is its JSON result."""
     cmd = [sys.executable, "-m", "mindllm.bench", "--worker", name, "--worker-args", json.dumps(kwargs)]

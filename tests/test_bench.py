@@ -128,8 +128,8 @@ def test_e2e_reference_has_mindllms_parameter_count():
     (["--e2e", "--set", "train.max_iters=x"], "error: config"),
     (["--finetune", "--repeats", "0"], "error: --repeats must be >= 1"),
     (["--finetune", "configs/gpt_char_shakespeare.yaml"],
-     "error: --finetune mirrors fine-tuning the real MiniLM (task=classify, classify.init=minilm); this config has "
-     "task=causal_lm"),
+     "error: --finetune mirrors fine-tuning the real MiniLM (task=classify, classify.init=minilm) and BERT "
+     "pretraining (task=bert_pretrain); this config has task=causal_lm"),
     (["--finetune", "configs/ptuning_minilm_tweets.yaml"],
      "error: --finetune mirrors full fine-tuning, LoRA without dropout and prompt tuning in peft; this config has "
      "peft.method=ptuning"),
@@ -188,11 +188,47 @@ def test_finetune_sides_compute_the_same_model_on_the_same_batches():
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
+def test_pretraining_sides_compute_the_same_model_on_the_same_batches(tmp_path):
+    """BERT pretraining: Hugging Face's BertForPreTraining, saved and imported by mindllm, gives mindllm's masked-LM
+    and NSP logits when its modules are called as the bench's reference calls them, on the bench's batches."""
+    import torch
+    from mindspore import Tensor
+    from transformers import BertConfig, BertForPreTraining
+
+    from mindllm import bench_finetune, bench_pretrain
+    from mindllm.convert import from_hf
+
+    r = bench_finetune.recipe("configs/bert_mlm_peoples_daily.yaml", [])
+    torch.manual_seed(0)
+    ref = BertForPreTraining(BertConfig(**r["bert"])).eval()
+    ref.save_pretrained(str(tmp_path))
+    ms_model = from_hf(str(tmp_path), arch="BertForPreTraining", log=None)
+    ms_model.set_train(False)
+    ids, types, mask, positions, labels, nsp = bench_pretrain.batches(r, 1)[0]
+    assert positions.shape == (32, 10) and (positions < mask.sum(1, keepdims=True)).all()
+    assert ((types == 1) <= (mask == 1)).all() and set(nsp) <= {0, 1}
+    mlm, ns = (t.asnumpy() for t in ms_model(*(Tensor(a) for a in (ids, types, mask, positions))))
+    with torch.no_grad():
+        h, pooled = ref.bert(input_ids=torch.from_numpy(ids).long(), token_type_ids=torch.from_numpy(types).long(),
+                             attention_mask=torch.from_numpy(mask).long(), return_dict=False)[:2]
+        picked = torch.gather(h, 1, torch.from_numpy(positions).long()[..., None].expand(-1, -1, h.shape[-1]))
+        np.testing.assert_allclose(ref.cls.predictions(picked).numpy(), mlm, atol=2e-5)
+        np.testing.assert_allclose(ref.cls.seq_relationship(pooled).numpy(), ns, atol=2e-5)
+
+
+BERT_4L_128 = ((6000 + 64 + 2) * 128 + 2 * 128                                        # embeddings, LayerNorm
+               + 4 * (4 * (128 * 128 + 128) + 2 * 2 * 128 + 2 * 128 * 512 + 512 + 128)  # 4 layers
+               + 128 * 128 + 128                                                      # pooler
+               + 128 * 128 + 128 + 2 * 128 + 6000   # MLM head: transform, LayerNorm, bias (decoder = tied embedding)
+               + 2 * 128 + 2)                                                         # NSP head
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config, trainable", [
     ("configs/lora_minilm_tweets.yaml", 6 * 2 * 2 * 384 * 8 + 384 * 3 + 3),  # A and B of query, value; the head
-    ("configs/prompt_minilm_tweets.yaml", 20 * 384 + 384 * 3 + 3)])          # 20 virtual tokens; the head
-def test_finetune_lora_and_prompt_tuning_train_what_peft_trains(tmp_path, config, trainable):
+    ("configs/prompt_minilm_tweets.yaml", 20 * 384 + 384 * 3 + 3),           # 20 virtual tokens; the head
+    ("configs/bert_mlm_peoples_daily.yaml", BERT_4L_128)])
+def test_lora_prompt_tuning_and_pretraining_train_the_same_parameters_on_both_sides(tmp_path, config, trainable):
     out = run("--finetune", config, "--quick", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     med = json.loads((tmp_path / "finetune.json").read_text())["median"]
@@ -202,7 +238,7 @@ def test_finetune_lora_and_prompt_tuning_train_what_peft_trains(tmp_path, config
 def test_the_pytorch_workers_never_import_mindspore():
     """The reference's peak RSS is PyTorch's own: a MindSpore import in its worker added ~250 MB to the reference
     (this happened: bench_e2e imported mindllm.runs at the top)."""
-    code = ("import sys; from mindllm import bench, bench_e2e, bench_finetune, bench_torch; "
+    code = ("import sys; from mindllm import bench, bench_e2e, bench_finetune, bench_pretrain, bench_torch; "
             "from mindllm.data.tokenizer import minilm_dir; "
             "print(sorted(m for m in sys.modules if m.startswith('mindspore')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
