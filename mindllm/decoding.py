@@ -77,6 +77,10 @@ class Decoder:
         if self.kernel is not None:
             self.kernel.pack()
 
+    def finish(self) -> None:
+        if self.kernel is not None:
+            self.kernel.flat = None  # the packed copy of the weights: not kept between generations
+
     def encode(self, idx):
         logits, cache = self.window(idx)
         return logits, (cache if self.kernel is None else self.kernel.cache(cache))
@@ -125,21 +129,24 @@ def tokens(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, repe
         return Tensor(np.pad(win, ((0, 0), (0, block - win.shape[1])))), win.shape[1]
 
     cache, pos = None, 0
-    for _ in range(max_new_tokens):
-        if not kv_cache:
-            x, n = padded_window()
-            logits = dec.window(x)[0].asnumpy()[:, n - 1]
-        elif cache is None or pos >= block:  # (re)encode the current window into a fresh cache
-            x, n = padded_window()
-            out, cache = dec.encode(x)
-            logits, pos = out.asnumpy()[:, n - 1], n
-        else:  # feed only the newest token
-            out, cache = dec.next(Tensor(idx[:, -1:]), cache, pos)
-            logits, pos = out.asnumpy()[:, 0], pos + 1
-        nxt = pick(logits, rng, history=idx, **rules).astype(np.int32)
-        idx = np.concatenate([idx, nxt[:, None]], axis=1)
-        interruption_point()  # a Ctrl-C that came during the forward pass
-        yield nxt
+    try:
+        for _ in range(max_new_tokens):
+            if not kv_cache:
+                x, n = padded_window()
+                logits = dec.window(x)[0].asnumpy()[:, n - 1]
+            elif cache is None or pos >= block:  # (re)encode the current window into a fresh cache
+                x, n = padded_window()
+                out, cache = dec.encode(x)
+                logits, pos = out.asnumpy()[:, n - 1], n
+            else:  # feed only the newest token
+                out, cache = dec.next(Tensor(idx[:, -1:]), cache, pos)
+                logits, pos = out.asnumpy()[:, 0], pos + 1
+            nxt = pick(logits, rng, history=idx, **rules).astype(np.int32)
+            idx = np.concatenate([idx, nxt[:, None]], axis=1)
+            interruption_point()  # a Ctrl-C that came during the forward pass
+            yield nxt
+    finally:  # also when the caller stops early (a chat at the end of its answer, a client that left)
+        dec.finish()
 
 
 def generate(model, idx, max_new_tokens, on_token=None, **rules):
