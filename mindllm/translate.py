@@ -139,7 +139,8 @@ NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
 # A number with a scale word is its value, so "5 million", "5M", "5,000,000" and "500 万" all read 5000000.
-SCALED = re.compile(r"(\d+(?:,\d{3})*(?:\.\d+)?)\s*(?:(million|billion|thousand|M|B|k)(?!\w|-means)|(万亿|百万|亿|万|千))")
+SCALED = re.compile(r"(\d+(?:,\d{3})*(?:\.\d+)?)\s*"
+                    r"(?:(million|billion|thousand|M|B|k)(?!\w|-means)|(万亿|百万|亿|万|千))")
 SCALE = {"thousand": 3, "k": 3, "million": 6, "M": 6, "billion": 9, "B": 9, "千": 3, "万": 4, "百万": 6, "亿": 8,
          "万亿": 12}
 
@@ -239,8 +240,8 @@ CHECKED = "## Checked terms"
 
 
 def glossary(root: str) -> list[tuple[list[str], list[str]]]:
-    """The rows of docs/glossary.md's checked table as (English forms, Chinese forms). 'nucleus (top-p) sampling' is found as
-    'nucleus sampling'; '低秩适配 (低秩适应)' accepts either; '/' separates alternatives on both sides."""
+    """The rows of docs/glossary.md's checked table as (English forms, Chinese forms). 'nucleus (top-p) sampling' is
+    found as 'nucleus sampling'; '低秩适配 (低秩适应)' accepts either; '/' separates alternatives on both sides."""
     path = os.path.join(root, GLOSSARY)
     if not os.path.isfile(path):
         return []
@@ -286,15 +287,13 @@ def chinese_edition(english_path: str, translation_path: str):
 
 def build(root: str) -> list[str]:
     """Write notebooks/NN_*.zh.ipynb for every notebook with a translation file; returns the paths written."""
-    written = []
-    for english in english_notebooks(root):
-        name = os.path.splitext(os.path.basename(english))[0]
-        translation = os.path.join(root, "notebooks", "zh", name + ".md")
-        if os.path.isfile(translation):
-            out = chinese_notebook(english)
-            write_text_atomic(out, nbformat.writes(chinese_edition(english, translation)) + "\n")
-            written.append(out)
-    return written
+    out = []
+    for pair in pairs(root):
+        english, translation = os.path.join(root, pair.english), os.path.join(root, pair.chinese)
+        if english.endswith(".ipynb") and os.path.isfile(translation):
+            out.append(chinese_notebook(english))
+            write_text_atomic(out[-1], nbformat.writes(chinese_edition(english, translation)) + "\n")
+    return out
 
 
 def skeleton(pair: Pair, root: str) -> int:
@@ -304,19 +303,19 @@ def skeleton(pair: Pair, root: str) -> int:
     old = open(path, encoding="utf-8").read() if os.path.isfile(path) else ""
     have = {b.key: b for b in blocks(old)}
     head = old[:MARK.search(old).start()] if MARK.search(old) else old
-    parts, added = [head.rstrip("\n")] if head.strip() else [], 0
-    for key, text in pair.units(root):
-        if key in have:
-            b = have[key]
-            parts.append(f"<!-- en {key} {b.hash}{' link' if b.link else ''} -->\n{b.text}")
-        else:
-            parts.append(f"<!-- en {key} {digest(text)} -->\n{TODO}\n{text.strip()}")
-            added += 1
-    parts += [f"<!-- en {b.key} {b.hash} -->\n{b.text}" for b in have.values()
-              if b.key not in {k for k, _ in pair.units(root)}]
+    units = pair.units(root)
+    parts = [head.rstrip("\n")] if head.strip() else []
+    new = {key: Block(key, digest(text), f"{TODO}\n{text.strip()}", False) for key, text in units if key not in have}
+    parts += [written(have.get(key) or new[key]) for key, _ in units]
+    parts += [written(b) for b in have.values() if b.key not in dict(units)]  # orphans stay for `check` to name
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_text_atomic(path, "\n\n".join(parts) + "\n")
-    return added
+    return len(new)
+
+
+def written(b: Block) -> str:
+    """A block as it stands in a translation file: its marker line, then its text."""
+    return f"<!-- en {b.key} {b.hash}{' link' if b.link else ''} -->\n{b.text}"
 
 
 # ---- command line --------------------------------------------------------------------------------------------
@@ -354,7 +353,7 @@ def main(argv=None):
     ap.add_argument("command", choices=["status", "check", "skeleton", "build"])
     ap.add_argument("files", nargs="*", help="English or Chinese files (check: default all; skeleton: required)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    root, terms = repo_root(), []
+    root = repo_root()
     terms = glossary(root)
     if args.command == "status":
         status(root, terms)

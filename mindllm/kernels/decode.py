@@ -3,7 +3,8 @@
 The per-block graph costs ~0.7 ms per token on CPU, and the arithmetic of the course's GPT 0.09 ms of it: MindSpore
 spends the rest handling the graph's ~70 inputs and outputs. So the kernel takes the weights as one flat buffer,
 packed at the start of each generation (they may have been trained since the last) and dropped at its end (a copy
-of every weight), and the KV caches of all layers as one tensor (L, 2, B*nh, block_size, hs). The per-block graph stays the oracle (tests/test_kernels.py).
+of every weight), and the KV caches of all layers as one tensor (L, 2, B*nh, block_size, hs). The per-block graph
+stays the oracle (tests/test_kernels.py).
 """
 from __future__ import annotations
 
