@@ -29,13 +29,17 @@ def cjk_font() -> str:
 
 
 def use_in_matplotlib() -> None:
-    """Plots draw Latin text in DejaVu Sans (matplotlib's default) and fall back to the bundled CJK font per glyph."""
+    """Plots draw Latin text in DejaVu Sans (matplotlib's default) and fall back to the bundled CJK font per glyph.
+    In a notebook kernel, shown figures are also kept for the Chinese edition to draw again (mindllm.figures)."""
     from matplotlib import font_manager, rcParams  # (the slides use this module too, without matplotlib)
+
+    from .figures import keep_shown_figures
 
     path = cjk_font()
     if FAMILY not in {f.name for f in font_manager.fontManager.ttflist}:
         font_manager.fontManager.addfont(path)
     rcParams["font.family"] = ["DejaVu Sans", FAMILY]
+    keep_shown_figures()
 
 
 def subset(text: str, out_path: str) -> str:

@@ -27,6 +27,7 @@ import sys
 
 import nbformat
 
+from . import translate_outputs as outputs
 from .errors import ArgumentParser, UserError, cli
 from .files import write_text_atomic
 from .nbfile import read_notebook
@@ -101,6 +102,11 @@ class Pair:
     english: str  # path, relative to the repository root
     chinese: str
     links_allowed: bool = False  # README.zh.md may point to English reference sections instead of copying them
+
+    @property
+    def catalog(self) -> str:
+        """A notebook's catalog of its outputs' lines (translate_outputs); '' for other files."""
+        return self.chinese[:-len(".md")] + ".outputs.txt" if self.english.endswith(".ipynb") else ""
 
     def units(self, root: str) -> list[tuple[str, str]]:
         path = os.path.join(root, self.english)
@@ -226,7 +232,45 @@ def pair_problems(pair: Pair, root: str, terms: list) -> list[str]:
     for key, text in english:
         if key in by_key:
             out += [f"{pair.chinese}: {line}" for line in unit_problems(key, text, by_key[key], terms)]
+    return out + (catalog_problems(pair, root, terms) if pair.catalog else [])
+
+
+def catalog_problems(pair: Pair, root: str, terms: list) -> list[str]:
+    """A notebook's output catalog: an entry for every line that needs one, none for lines the outputs no longer
+    have, each translated with the English's {} holes and numbers and the glossary's terms."""
+    nb = read_notebook(os.path.join(root, pair.english))
+    needed, entries = outputs.templates(nb), read_catalog(root, pair)
+    if needed and not os.path.isfile(os.path.join(root, pair.catalog)):
+        return [f"{pair.catalog}: missing (what {pair.english} prints and draws, in Chinese)"]
+    have, shown = {e.en for e in entries}, set(outputs.templates(nb, every=True))
+    out = [f"{pair.catalog}: missing: {t}" for t in needed if t not in have]
+    out += [f"{pair.catalog}: not in the outputs any more: {e.en}" for e in entries if e.en not in shown]
+    if len(have) < len(entries):
+        out.append(f"{pair.catalog}: an English line appears twice")
+    for e in entries:
+        out += [f"{pair.catalog}: {e.en}: {problem}" for problem in entry_problems(e, terms)]
     return out
+
+
+def entry_problems(e: outputs.Entry, terms: list) -> list[str]:
+    if e.zh == outputs.KEEP:
+        return []
+    if TODO in e.zh:
+        return [f"not translated yet ({TODO})"]
+    out = [] if CJK.search(e.zh) else ["no Chinese (write = to keep the English)"]
+    if e.zh.count(outputs.HOLE) != e.en.count(outputs.HOLE):
+        out.append(f"{e.en.count(outputs.HOLE)} {{}} in the English, {e.zh.count(outputs.HOLE)} in the Chinese")
+    if numbers := number_problems(e.en, e.zh):
+        out.append(numbers)
+    return out + [f"glossary: '{en}' is {zh_terms[0]}" for en, zh_terms in missing_terms(e.en, e.zh, terms)]
+
+
+def read_catalog(root: str, pair: Pair) -> list[outputs.Entry]:
+    path = os.path.join(root, pair.catalog)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return outputs.read_catalog(fh.read())
 
 
 def unit_kind(pair: Pair) -> str:
@@ -271,17 +315,19 @@ def missing_terms(english: str, chinese: str, terms: list) -> list[tuple[str, li
 
 # ---- notebooks -----------------------------------------------------------------------------------------------
 
-def chinese_edition(english_path: str, translation_path: str):
-    """The English notebook with each markdown cell's source replaced by its Chinese block; code cells, outputs
-    and metadata stay the English ones (a link back to the source file is added to the notebook's metadata)."""
-    nb = read_notebook(english_path)
-    with open(translation_path, encoding="utf-8") as fh:
+def chinese_edition(pair: Pair, root: str):
+    """The English notebook with each markdown cell's source replaced by its Chinese block, and its outputs' words
+    through the catalog (same numbers, figures drawn again); code, ids and the rest of the metadata stay the
+    English ones (the source files are named in the notebook's metadata)."""
+    nb = read_notebook(os.path.join(root, pair.english))
+    with open(os.path.join(root, pair.chinese), encoding="utf-8") as fh:
         by_key = {b.key: b.text for b in blocks(fh.read())}
     for cell in nb.cells:
         if cell.cell_type == "markdown" and cell.id in by_key:
             cell.source = by_key[cell.id]
-    nb.metadata["mindllm"] = {"language": "zh", "generated_from": [os.path.basename(english_path),
-                                                                    "zh/" + os.path.basename(translation_path)]}
+    outputs.translate(nb, outputs.Catalog(read_catalog(root, pair)))
+    sources = [pair.english, pair.chinese] + ([pair.catalog] if os.path.isfile(os.path.join(root, pair.catalog)) else [])
+    nb.metadata["mindllm"] = {"language": "zh", "generated_from": [os.path.relpath(p, "notebooks") for p in sources]}
     return nb
 
 
@@ -289,10 +335,9 @@ def build(root: str) -> list[str]:
     """Write notebooks/NN_*.zh.ipynb for every notebook with a translation file; returns the paths written."""
     out = []
     for pair in pairs(root):
-        english, translation = os.path.join(root, pair.english), os.path.join(root, pair.chinese)
-        if english.endswith(".ipynb") and os.path.isfile(translation):
-            out.append(chinese_notebook(english))
-            write_text_atomic(out[-1], nbformat.writes(chinese_edition(english, translation)) + "\n")
+        if pair.catalog and os.path.isfile(os.path.join(root, pair.chinese)):
+            out.append(chinese_notebook(os.path.join(root, pair.english)))
+            write_text_atomic(out[-1], nbformat.writes(chinese_edition(pair, root)) + "\n")
     return out
 
 
@@ -310,6 +355,18 @@ def skeleton(pair: Pair, root: str) -> int:
     parts += [written(b) for b in have.values() if b.key not in dict(units)]  # orphans stay for `check` to name
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_text_atomic(path, "\n\n".join(parts) + "\n")
+    return len(new) + (catalog_skeleton(pair, root) if pair.catalog else 0)
+
+
+def catalog_skeleton(pair: Pair, root: str) -> int:
+    """Add an entry (its Chinese a TODO) for each output line that needs one and has none; returns how many."""
+    entries = read_catalog(root, pair)
+    have = {e.en for e in entries}
+    new = [outputs.Entry(t, TODO) for t in outputs.templates(read_notebook(os.path.join(root, pair.english)))
+           if t not in have]
+    if new or entries:
+        write_text_atomic(os.path.join(root, pair.catalog),
+                          outputs.write_catalog(os.path.basename(pair.english), entries + new))
     return len(new)
 
 
@@ -343,8 +400,12 @@ def status(root: str, terms: list) -> None:
         units = len(keys)
         bad = set(keys) if not os.path.isfile(os.path.join(root, pair.chinese)) else \
             {key for key in keys for p in problems if p.startswith(f"{pair.chinese}: {key}: ")}
+        kept, png_only = outputs.figure_counts(read_notebook(os.path.join(root, pair.english))) if pair.catalog \
+            else (0, 0)
         print(f"{pair.chinese:44} {units - len(bad):4}/{units} units in step"
-              + (f", {len(problems)} problem(s)" if problems else ""))
+              + (f", {len(problems)} problem(s)" if problems else "")
+              + (f"; {png_only} of {kept + png_only} figure(s) in English until the notebook runs again"
+                 if png_only else ""))
 
 
 @cli

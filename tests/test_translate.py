@@ -10,7 +10,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from mindllm import translate
+from mindllm import figures, fonts, translate
+from mindllm import translate_outputs as outputs
 from mindllm.translate import (Pair, blocks, chinese_edition, chinese_notebook, digest, english_notebooks, glossary,
                                numerals, pair_problems, pairs, sections, skeleton)
 
@@ -79,15 +80,17 @@ def write_translation(course, title="# 第 6 周 — GPT", notes="因果掩码�
     (course / "notebooks" / "zh" / "06_gpt.md").write_text(text, encoding="utf-8")
 
 
+COURSE_PAIR = Pair("notebooks/06_gpt.ipynb", "notebooks/zh/06_gpt.md")
+
+
 def problems_of(course):
-    pair = Pair("notebooks/06_gpt.ipynb", "notebooks/zh/06_gpt.md")
-    return pair_problems(pair, str(course), glossary(str(course)))
+    return pair_problems(COURSE_PAIR, str(course), glossary(str(course)))
 
 
 def test_a_faithful_translation_has_no_problems_and_builds_a_notebook_with_the_same_code(course):
     write_translation(course)
     assert problems_of(course) == []
-    zh = chinese_edition(str(course / "notebooks" / "06_gpt.ipynb"), str(course / "notebooks" / "zh" / "06_gpt.md"))
+    zh = chinese_edition(COURSE_PAIR, str(course))
     assert [c.source for c in zh.cells] == ["# 第 6 周 — GPT", "print(2 + 2)", "因果掩码对第一个位置遮住 4 个位置中的 3 个。"]
     assert zh.cells[1].outputs[0].text == "4\n" and zh.metadata["mindllm"]["language"] == "zh"
 
@@ -121,12 +124,113 @@ def test_skeleton_adds_the_missing_blocks_in_order_and_keeps_the_translated_ones
     nb = nbformat.read(str(path), as_version=4)
     nb.cells.insert(1, new_markdown_cell("## Tokens per second", id="mid"))
     nbformat.write(nb, str(path))
-    pair = Pair("notebooks/06_gpt.ipynb", "notebooks/zh/06_gpt.md")
-    assert skeleton(pair, str(course)) == 1
+    assert skeleton(COURSE_PAIR, str(course)) == 1
     found = blocks((course / "notebooks" / "zh" / "06_gpt.md").read_text(encoding="utf-8"))
     assert [b.key for b in found] == ["title", "mid", "notes1"]
     assert found[0].text == "# 第 6 周 — GPT" and found[1].text.startswith(translate.TODO)
     assert any("mid: not translated yet" in p for p in problems_of(course))
+
+
+def test_an_output_line_is_translated_with_the_runs_numbers():
+    catalog = outputs.Catalog([outputs.Entry("val loss {} (perplexity {}) after {} steps", "验证损失 {}（困惑度 {}），共 {} 步"),
+                               outputs.Entry("sample: {} tokens", outputs.KEEP)])
+    assert outputs.template("  val loss 1.891 (perplexity 6.62) after 2,000 steps \n") == \
+        "val loss {} (perplexity {}) after {} steps"
+    assert catalog.text("  val loss 1.891 (perplexity 6.62) after 2,000 steps\nsample: 5 tokens\nother 3\n") == \
+        "  验证损失 1.891（困惑度 6.62），共 2,000 步\nsample: 5 tokens\nother 3\n"
+    assert catalog.line("val loss 2.5e-03 (perplexity 7) after 10 steps") == "验证损失 2.5e-03（困惑度 7），共 10 步"
+    assert outputs.template("digest, rank 1: 3b2d7ae1fc9d0a11 in week06 (float32)") == \
+        "digest, rank {}: {} in week{} (float{})"  # a hex digest is one hole, not a run of numbers
+    # data lines (numbers, identifiers, calls, quoted text, math) need no entry; a line with a word does
+    for data in ("x 'ROMEO was here' y 'W'", "transformer.h (4)   793,088", "$\\mathdefault{10^{-2}}$", "mask(6) == 1e-9"):
+        assert not outputs.needs_translation(outputs.template(data)), data
+    for words in ("total  812,288", "context 'R' -> target 'O'", "no separate output matrix: the LM head reuses wte"):
+        assert outputs.needs_translation(outputs.template(words)), words
+
+
+def add_output(course, text):
+    path = course / "notebooks" / "06_gpt.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells[1].outputs.append(new_output("stream", name="stdout", text=text))
+    nbformat.write(nb, str(path))
+
+
+def write_catalog(course, *entries):
+    (course / "notebooks" / "zh" / "06_gpt.outputs.txt").write_text(
+        outputs.write_catalog("06_gpt.ipynb", [outputs.Entry(en, zh) for en, zh in entries]), encoding="utf-8")
+
+
+def test_each_kind_of_output_drift_is_named_and_skeleton_adds_the_missing_lines(course):
+    write_translation(course)
+    add_output(course, "val loss 1.891 after 2000 steps of 12 x 64 tokens\n")
+    assert problems_of(course) == ["notebooks/zh/06_gpt.outputs.txt: missing (what notebooks/06_gpt.ipynb prints "
+                                   "and draws, in Chinese)"]
+    assert skeleton(COURSE_PAIR, str(course)) == 1  # the markdown is translated: one output line to do
+    assert problems_of(course) == ["notebooks/zh/06_gpt.outputs.txt: val loss {} after {} steps of {} x {} tokens: "
+                                   f"not translated yet ({translate.TODO})"]
+    tmpl = "val loss {} after {} steps of {} x {} tokens"
+    for zh, fragment in (("验证损失 {}，训练 {} 步，每步 {}×{} 个词元", None),
+                         ("验证损失 {}，训练 {} 步", "4 {} in the English, 2 in the Chinese"),
+                         ("验证损失 {}，训练 {} 步，每步 {}×{} 个词元（共 8 轮）", "not in the English 8"),
+                         ("val loss {} after {} steps of {} x {} tokens", "no Chinese"),
+                         (outputs.KEEP, None)):
+        write_catalog(course, (tmpl, zh))
+        found = problems_of(course)
+        assert (found == []) if fragment is None else any(fragment in p for p in found), (zh, found)
+    write_catalog(course, (tmpl, "验证损失 {}，训练 {} 步，每步 {}×{} 个词元"), ("train loss {} at step {}", "训练损失"))
+    assert problems_of(course)[-2:] == [
+        "notebooks/zh/06_gpt.outputs.txt: not in the outputs any more: train loss {} at step {}",
+        "notebooks/zh/06_gpt.outputs.txt: train loss {} at step {}: 2 {} in the English, 0 in the Chinese"]
+    write_catalog(course, (tmpl, "验证损失 {}，训练 {} 步，每步 {}×{} 个词元"))
+    zh = chinese_edition(COURSE_PAIR, str(course))
+    assert [o.text for o in zh.cells[1].outputs] == ["4\n", "验证损失 1.891，训练 2000 步，每步 12×64 个词元\n"]
+    assert zh.metadata["mindllm"]["generated_from"] == ["06_gpt.ipynb", "zh/06_gpt.md", "zh/06_gpt.outputs.txt"]
+
+
+def a_kept_figure():
+    """A figure as a notebook run keeps it: its PNG (drawn as the inline backend draws) and the kept figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 3))
+    ax = fig.add_subplot()
+    ax.plot(range(50), [0.1 * i for i in range(50)], label="train loss")
+    ax.bar(["greedy", "top-k"], [1, 2])
+    ax.set_xlabel("step")
+    ax.set_title("val loss 1.891 at step 2000")
+    ax.legend()
+    kept = figures.stored(fig)
+    return kept, figures.redraw(kept, lambda s: s)
+
+
+def test_a_kept_figure_is_drawn_again_with_its_text_through_the_catalog():
+    kept, png = a_kept_figure()
+    assert {"greedy", "step", "val loss 1.891 at step 2000", "train loss"} <= set(figures.texts(kept))
+    catalog = outputs.Catalog([outputs.Entry("val loss {} at step {}", "第 {} 步的验证损失 {}"),
+                               outputs.Entry("step", "步数"), outputs.Entry("greedy", "贪心解码"),
+                               outputs.Entry("train loss", "训练损失")])
+    fonts.use_in_matplotlib()
+    drawn = figures.translated(kept, catalog.text, font=fonts.FAMILY)
+    said = {t.get_text() for t in drawn.findobj(lambda a: hasattr(a, "get_text"))}
+    assert {"步数", "训练损失", "第 1.891 步的验证损失 2000"} <= said and "step" not in said
+    assert {t.get_text() for t in drawn.axes[0].get_xticklabels()} == {"贪心解码", "top-k"}
+    zh_png = figures.redraw(kept, catalog.text, font=fonts.FAMILY)
+    assert zh_png != png and figures.redraw(kept, lambda s: s) == png  # the same drawing, but for its words
+
+
+def test_a_notebook_kernel_keeps_every_shown_figure(tmp_path):
+    """fonts.use_in_matplotlib() (the first cell of every notebook) makes the kernel keep each figure it shows, beside
+    the PNG that front ends display; redrawing it unchanged gives that PNG."""
+    from nbclient import NotebookClient
+
+    nb = new_notebook(cells=[new_code_cell("import matplotlib.pyplot as plt\nfrom mindllm import fonts\n"
+                                           "fonts.use_in_matplotlib()"),
+                             new_code_cell("plt.plot([1, 3, 2], label='val loss'); plt.xlabel('step'); plt.legend()\n"
+                                           "plt.show()")])
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    shown = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
+    assert len(shown) == 1 and {"image/png", figures.MIME} <= set(shown[0].data)
+    assert {"step", "val loss"} <= set(figures.texts(shown[0].data[figures.MIME]))
+    assert figures.redraw(shown[0].data[figures.MIME], lambda s: s) == shown[0].data["image/png"].replace("\n", "")
 
 
 def test_the_whole_course_has_its_chinese_in_step():
@@ -142,17 +246,32 @@ def test_the_whole_course_has_its_chinese_in_step():
 def test_the_chinese_notebook_is_generated_and_shares_code_and_outputs(path):
     zh_path = chinese_notebook(path)
     assert os.path.isfile(zh_path), "run python -m mindllm.translate build"
-    name = os.path.splitext(os.path.basename(path))[0]
-    expected = chinese_edition(path, os.path.join(ROOT, "notebooks", "zh", name + ".md"))
+    pair = next(p for p in pairs(ROOT) if p.english == os.path.relpath(path, ROOT))
     committed = nbformat.read(zh_path, as_version=4)
-    assert committed == expected, "out of date: run python -m mindllm.translate build"
+    assert committed == chinese_edition(pair, ROOT), "out of date: run python -m mindllm.translate build"
     english = nbformat.read(path, as_version=4)
     assert [c.id for c in committed.cells] == [c.id for c in english.cells]
     for en, zh in zip(english.cells, committed.cells):
         if en.cell_type == "code":
-            assert (zh.source, zh.outputs, zh.execution_count) == (en.source, en.outputs, en.execution_count)
+            assert (zh.source, zh.execution_count) == (en.source, en.execution_count)
+            assert_same_run(en.outputs, zh.outputs)
         else:
             assert re.search(r"[\u4e00-\u9fff]", zh.source) or not re.search(r"[A-Za-z]{3,}", en.source), zh.id
+
+
+def assert_same_run(english, chinese):
+    """The Chinese outputs are the English run's: the same outputs, line for line the same numbers; a figure is
+    the run's PNG or, where the run kept the figure, a new drawing of it (and the kept pickle is not copied)."""
+    assert [o.output_type for o in chinese] == [o.output_type for o in english]
+    for en, zh in zip(english, chinese):
+        en_lines, zh_lines = outputs.printed(en), outputs.printed(zh)
+        assert len(en_lines) == len(zh_lines)
+        for a, b in zip(en_lines, zh_lines):
+            assert outputs.NUMBER.findall(a.strip()) == outputs.NUMBER.findall(b.strip()), (a, b)
+        data = en.get("data", {})
+        assert figures.MIME not in zh.get("data", {})
+        if "image/png" in data and figures.MIME not in data:
+            assert zh.data["image/png"] == data["image/png"]
 
 
 def terms_tables(path):
