@@ -23,7 +23,8 @@ from . import figures, fonts
 NUMBER = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{8,}\b|\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?")
 HOLE = "{}"
 KEEP = "="  # zh: = keeps the English line
-QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|\$[^$\n]*\$")  # quoted text and math: data, not words
+# quoted text, math and special tokens ([UNK], <|endoftext|>): data, not words
+QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|\$[^$\n]*\$|\[[A-Z]+\]|<\|[a-z_]+\|>")
 PROSE_WORD = re.compile(r"(?<![\w.])[A-Za-z]{3,}(?![\w.(])")  # not an identifier, a module path or a call
 HEADER = ("# What {name} prints and draws, line by line: en: the English with each number as {{}}; zh: the Chinese,\n"
           "# the same {{}} in the same order (filled from the run), or = to keep the English. docs/translation.md\n")
