@@ -16,6 +16,8 @@ import lzma
 import pickle
 import re
 
+from .errors import UserError
+
 CJK = re.compile(r"[\u3000-\u9fff\uff00-\uffef]")
 MIME = "application/vnd.mindllm.figure+pickle"  # base64 of the xz-compressed pickle of a matplotlib Figure
 
@@ -67,7 +69,10 @@ def translated(data: str, translate, font: str = ""):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.text import Text
 
-    fig = pickle.loads(lzma.decompress(base64.b64decode(data)))
+    try:
+        fig = pickle.loads(lzma.decompress(base64.b64decode(data)))
+    except (ValueError, EOFError, lzma.LZMAError, pickle.UnpicklingError, AttributeError, ImportError) as e:
+        raise UserError(f"a kept figure cannot be read ({type(e).__name__}: {e}); run its notebook again") from None
     FigureCanvasAgg(fig)
     fig.canvas.draw()  # makes the tick labels, so that fixed (categorical) ones can be translated
     for ax in fig.axes:

@@ -8,11 +8,13 @@ unit and a hash of that unit's English text:
     <!-- en learning-objectives 77aa0012 -->   a markdown section, by its English heading
 
 A translation is stale when the English hash changes; its numbers must equal the English ones; the glossary's terms
-must be used. Notebooks are generated: English code and outputs, Chinese markdown.
+must be used. What a notebook prints and draws is translated line by line through its catalog (translate_outputs).
+Notebooks are generated: English code, the English run's outputs in Chinese words, Chinese markdown.
 
     python -m mindllm.translate status            every pair: units translated, missing, stale, problems
     python -m mindllm.translate check [FILE ...]  each problem on one line (exit 1 if any)
     python -m mindllm.translate skeleton FILE     add a block, with the English to translate, for each missing unit
+                                                  (and for a notebook, a catalog entry for each new output line)
     python -m mindllm.translate build             write notebooks/NN_*.zh.ipynb from the English + notebooks/zh/
 """
 from __future__ import annotations
@@ -242,9 +244,9 @@ def catalog_problems(pair: Pair, root: str, terms: list) -> list[str]:
     needed, entries = outputs.templates(nb), read_catalog(root, pair)
     if needed and not os.path.isfile(os.path.join(root, pair.catalog)):
         return [f"{pair.catalog}: missing (what {pair.english} prints and draws, in Chinese)"]
-    have, shown = {e.en for e in entries}, set(outputs.templates(nb, every=True))
-    out = [f"{pair.catalog}: missing: {t}" for t in needed if t not in have]
-    out += [f"{pair.catalog}: not in the outputs any more: {e.en}" for e in entries if e.en not in shown]
+    have, shown = {outputs.key(e.en) for e in entries}, set(map(outputs.key, outputs.templates(nb, every=True)))
+    out = [f"{pair.catalog}: missing: {t}" for t in needed if outputs.key(t) not in have]
+    out += [f"{pair.catalog}: not in the outputs any more: {e.en}" for e in entries if outputs.key(e.en) not in shown]
     if len(have) < len(entries):
         out.append(f"{pair.catalog}: an English line appears twice")
     for e in entries:
@@ -326,7 +328,7 @@ def chinese_edition(pair: Pair, root: str):
         if cell.cell_type == "markdown" and cell.id in by_key:
             cell.source = by_key[cell.id]
     outputs.translate(nb, outputs.Catalog(read_catalog(root, pair)))
-    sources = [pair.english, pair.chinese] + ([pair.catalog] if os.path.isfile(os.path.join(root, pair.catalog)) else [])
+    sources = [p for p in (pair.english, pair.chinese, pair.catalog) if os.path.isfile(os.path.join(root, p))]
     nb.metadata["mindllm"] = {"language": "zh", "generated_from": [os.path.relpath(p, "notebooks") for p in sources]}
     return nb
 
@@ -361,9 +363,9 @@ def skeleton(pair: Pair, root: str) -> int:
 def catalog_skeleton(pair: Pair, root: str) -> int:
     """Add an entry (its Chinese a TODO) for each output line that needs one and has none; returns how many."""
     entries = read_catalog(root, pair)
-    have = {e.en for e in entries}
+    have = {outputs.key(e.en) for e in entries}
     new = [outputs.Entry(t, TODO) for t in outputs.templates(read_notebook(os.path.join(root, pair.english)))
-           if t not in have]
+           if outputs.key(t) not in have]
     if new or entries:
         write_text_atomic(os.path.join(root, pair.catalog),
                           outputs.write_catalog(os.path.basename(pair.english), entries + new))
@@ -380,7 +382,7 @@ def written(b: Block) -> str:
 def find_pair(path: str, root: str) -> Pair:
     rel = os.path.relpath(os.path.abspath(path), root)
     for pair in pairs(root):
-        if rel in (pair.english, pair.chinese):
+        if rel in (pair.english, pair.chinese, pair.catalog):
             return pair
     raise UserError(f"{path} is neither an English course file nor its Chinese counterpart "
                     f"(see python -m mindllm.translate status)")

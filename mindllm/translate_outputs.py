@@ -35,6 +35,12 @@ def template(line: str) -> str:
     return NUMBER.sub(HOLE, line.strip())
 
 
+def key(tmpl: str) -> str:
+    """What a template is matched by: runs of spaces count as one, so a table row whose numbers change width in a
+    re-run keeps its entry (the Chinese keeps its own padding)."""
+    return " ".join(tmpl.split())
+
+
 def needs_translation(tmpl: str) -> bool:
     """A template with a word in it: not a number, an identifier, a call, quoted text or math."""
     return bool(PROSE_WORD.search(QUOTED.sub(" ", tmpl)))
@@ -64,11 +70,11 @@ def write_catalog(name: str, entries: list[Entry]) -> str:
 
 class Catalog:
     def __init__(self, entries: list[Entry]):
-        self.zh = {e.en: e.zh for e in entries}
+        self.zh = {key(e.en): e.zh for e in entries}
 
     def line(self, line: str) -> str:
         """One line in Chinese: its indentation kept, its numbers copied into the Chinese template's holes."""
-        zh = self.zh.get(template(line))
+        zh = self.zh.get(key(template(line)))
         if not zh or zh == KEEP or zh.count(HOLE) != template(line).count(HOLE):
             return line
         numbers = iter(NUMBER.findall(line.strip()))

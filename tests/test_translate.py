@@ -139,6 +139,8 @@ def test_an_output_line_is_translated_with_the_runs_numbers():
     assert catalog.text("  val loss 1.891 (perplexity 6.62) after 2,000 steps\nsample: 5 tokens\nother 3\n") == \
         "  验证损失 1.891（困惑度 6.62），共 2,000 步\nsample: 5 tokens\nother 3\n"
     assert catalog.line("val loss 2.5e-03 (perplexity 7) after 10 steps") == "验证损失 2.5e-03（困惑度 7），共 10 步"
+    wide = outputs.Catalog([outputs.Entry("Llama block     {}   {}", "Llama 块     {}   {}")])
+    assert wide.line("Llama block  747,648  1.952") == "Llama 块     747,648   1.952"  # padding of another run
     assert outputs.template("digest, rank 1: 3b2d7ae1fc9d0a11 in week06 (float32)") == \
         "digest, rank {}: {} in week{} (float{})"  # a hex digest is one hole, not a run of numbers
     # data lines (numbers, identifiers, calls, quoted text, math) need no entry; a line with a word does
@@ -216,6 +218,18 @@ def test_a_kept_figure_is_drawn_again_with_its_text_through_the_catalog():
     assert {t.get_text() for t in drawn.axes[0].get_xticklabels()} == {"贪心解码", "top-k"}
     zh_png = figures.redraw(kept, catalog.text, font=fonts.FAMILY)
     assert zh_png != png and figures.redraw(kept, lambda s: s) == png  # the same drawing, but for its words
+
+
+def test_a_kept_figure_that_cannot_be_read_is_one_clear_error(course):
+    from mindllm.errors import UserError
+
+    write_translation(course)
+    path = course / "notebooks" / "06_gpt.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells[1].outputs.append(new_output("display_data", data={"image/png": "iVBO", figures.MIME: "bm90IHh6"}))
+    nbformat.write(nb, str(path))
+    with pytest.raises(UserError, match="a kept figure cannot be read .*run its notebook again"):
+        problems_of(course)
 
 
 def test_a_notebook_kernel_keeps_every_shown_figure(tmp_path):
@@ -319,8 +333,8 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path):
 
 
 def test_cli_check_and_status_on_the_course():
-    p = run("check", "notebooks/06_gpt.ipynb", "lessons/zh/week06.md")
-    assert p.returncode == 0 and "2 file(s): every unit translated and in step" in p.stdout, p.stdout + p.stderr
+    p = run("check", "notebooks/06_gpt.ipynb", "lessons/zh/week06.md", "notebooks/zh/01_backprop_by_hand.outputs.txt")
+    assert p.returncode == 0 and "3 file(s): every unit translated and in step" in p.stdout, p.stdout + p.stderr
     p = run("status")
     assert p.returncode == 0
     rows = [line for line in p.stdout.splitlines() if "units in step" in line]
