@@ -117,9 +117,11 @@ def templates(nb, every: bool = False) -> list[str]:
 
 
 def figure_counts(nb) -> tuple[int, int]:
-    """(figures kept for drawing again, figures that are a PNG only: the notebook ran before figures were kept)."""
+    """(figures kept for drawing again, matplotlib figures that are a PNG only: the notebook ran before figures were
+    kept). Other images (a screenshot) are not counted: they have no text to translate."""
     data = [o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])]
-    return sum(figures.MIME in d for d in data), sum("image/png" in d and figures.MIME not in d for d in data)
+    png_only = [d for d in data if "image/png" in d and figures.MIME not in d]
+    return sum(figures.MIME in d for d in data), sum(str(d.get("text/plain", "")).startswith("<Figure") for d in png_only)
 
 
 def translate(nb, catalog: Catalog) -> int:

@@ -220,6 +220,15 @@ def test_a_kept_figure_is_drawn_again_with_its_text_through_the_catalog():
     assert zh_png != png and figures.redraw(kept, lambda s: s) == png  # the same drawing, but for its words
 
 
+def test_status_counts_the_figures_a_run_did_not_keep():
+    kept, png = a_kept_figure()
+    nb = new_notebook(cells=[new_code_cell("", outputs=[
+        new_output("display_data", data={"image/png": png, figures.MIME: kept, "text/plain": "<Figure size 4x3>"}),
+        new_output("display_data", data={"image/png": png, "text/plain": "<Figure size 400x300 with 1 Axes>"}),
+        new_output("display_data", data={"image/png": png, "text/plain": "<IPython.core.display.Image object>"})])])
+    assert outputs.figure_counts(nb) == (1, 1)  # a screenshot has no text to translate: not counted
+
+
 def test_a_kept_figure_that_cannot_be_read_is_one_clear_error(course):
     from mindllm.errors import UserError
 
