@@ -120,14 +120,13 @@ def figure_counts(nb) -> tuple[int, int]:
     """(figures kept for drawing again, matplotlib figures that are a PNG only: the notebook ran before figures were
     kept). Other images (a screenshot) are not counted: they have no text to translate."""
     data = [o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])]
-    png_only = [d for d in data if "image/png" in d and figures.MIME not in d]
-    return sum(figures.MIME in d for d in data), sum(str(d.get("text/plain", "")).startswith("<Figure") for d in png_only)
+    drawn = [d for d in data if "image/png" in d and str(d.get("text/plain", "")).startswith("<Figure")]
+    return sum(figures.MIME in d for d in data), sum(figures.MIME not in d for d in drawn)
 
 
-def translate(nb, catalog: Catalog) -> int:
+def translate(nb, catalog: Catalog) -> None:
     """The notebook's outputs in Chinese, in place: printed lines through the catalog, kept figures drawn again
-    (the kept figure itself is dropped). Returns how many figures stayed as the run drew them (none kept)."""
-    untranslated = 0
+    (the kept figure itself is dropped; a figure the run did not keep stays as it was drawn)."""
     fonts.use_in_matplotlib()  # the bundled CJK font, for the figures drawn again
     for cell in nb.cells:
         for output in cell.get("outputs", []):
@@ -137,10 +136,7 @@ def translate(nb, catalog: Catalog) -> int:
             data = output.get("data", {})
             if figures.MIME in data:
                 data["image/png"] = figures.redraw(data.pop(figures.MIME), catalog.text, font=fonts.FAMILY)
-            elif "image/png" in data:
-                untranslated += 1
-            else:
+            elif "image/png" not in data:
                 for kind in ("text/markdown", "text/plain"):
                     if kind in data:
                         data[kind] = catalog.text(data[kind])
-    return untranslated

@@ -144,8 +144,8 @@ def test_an_output_line_is_translated_with_the_runs_numbers():
     assert outputs.template("digest, rank 1: 3b2d7ae1fc9d0a11 in week06 (float32)") == \
         "digest, rank {}: {} in week{} (float{})"  # a hex digest is one hole, not a run of numbers
     # data lines (numbers, identifiers, calls, quoted text, math) need no entry; a line with a word does
-    for data in ("x 'ROMEO was here' y 'W'", "transformer.h (4)   793,088", "$\\mathdefault{10^{-2}}$", "mask(6) == 1e-9",
-                 "[CLS] 我 [MASK] [SEP] <|endoftext|>"):
+    for data in ("x 'ROMEO was here' y 'W'", "transformer.h (4)   793,088", "$\\mathdefault{10^{-2}}$",
+                 "mask(6) == 1e-9", "[CLS] 我 [MASK] [SEP] <|endoftext|>"):
         assert not outputs.needs_translation(outputs.template(data)), data
     for words in ("total  812,288", "context 'R' -> target 'O'", "no separate output matrix: the LM head reuses wte"):
         assert outputs.needs_translation(outputs.template(words)), words
