@@ -361,12 +361,16 @@ def skeleton(pair: Pair, root: str) -> int:
 
 
 def catalog_skeleton(pair: Pair, root: str) -> int:
-    """Add an entry (its Chinese a TODO) for each output line that needs one and has none; returns how many."""
-    entries = read_catalog(root, pair)
+    """Bring a catalog in step with its notebook's outputs after a run: add an entry (its Chinese a TODO) for each
+    line that needs one and has none, and drop the entries of lines the outputs no longer have (a re-run's new
+    samples replace the old ones); returns how many were added."""
+    nb = read_notebook(os.path.join(root, pair.english))
+    shown = set(map(outputs.key, outputs.templates(nb, every=True)))
+    old = read_catalog(root, pair)
+    entries = [e for e in old if outputs.key(e.en) in shown]
     have = {outputs.key(e.en) for e in entries}
-    new = [outputs.Entry(t, TODO) for t in outputs.templates(read_notebook(os.path.join(root, pair.english)))
-           if outputs.key(t) not in have]
-    if new or entries:
+    new = [outputs.Entry(t, TODO) for t in outputs.templates(nb) if outputs.key(t) not in have]
+    if new or len(entries) < len(old):
         write_text_atomic(os.path.join(root, pair.catalog),
                           outputs.write_catalog(os.path.basename(pair.english), entries + new))
     return len(new)
