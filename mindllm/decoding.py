@@ -112,8 +112,9 @@ def tokens(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, repe
 
     The context is the last `block_size` tokens (a sliding window). A window shorter than the block is padded
     at the end, which the causal mask makes harmless, so shapes stay static. With the cache, each new token
-    costs one position's forward pass until the window is full; once it slides, positions shift and the window
-    is re-encoded, so the result equals the uncached computation token for token.
+    costs one position's forward pass until the window is full; once it slides, positions shift and each token
+    re-encodes the window as the uncached path does (a cache would be discarded at the next slide), so the result
+    equals the uncached computation token for token.
     """
     block = model.config.block_size
     idx = np.asarray(idx, dtype=np.int32)
@@ -131,10 +132,10 @@ def tokens(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, repe
     cache, pos = None, 0
     try:
         for _ in range(max_new_tokens):
-            if not kv_cache:
+            if not kv_cache or idx.shape[1] > block:  # past the window each token re-encodes it: no cache to keep
                 x, n = padded_window()
                 logits = dec.window(x)[0].asnumpy()[:, n - 1]
-            elif cache is None or pos >= block:  # (re)encode the current window into a fresh cache
+            elif cache is None:  # encode the prompt into a fresh cache
                 x, n = padded_window()
                 out, cache = dec.encode(x)
                 logits, pos = out.asnumpy()[:, n - 1], n

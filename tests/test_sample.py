@@ -25,6 +25,14 @@ def test_kv_cache_equals_no_cache_token_for_token(model, rules):
     np.testing.assert_array_equal(cached, plain)
 
 
+@pytest.mark.parametrize("length", [CFG.block_size - 1, CFG.block_size, CFG.block_size + 5])
+def test_kv_cache_equals_no_cache_from_prompts_at_the_window_edge(model, length):
+    # the cached path switches to re-encoding the window once it slides: the switch must not shift a token
+    prompt = (np.arange(2 * length, dtype=np.int32).reshape(2, length) * 7) % CFG.vocab_size
+    cached = generate(model, prompt, 6, kv_cache=True, temperature=1.0, seed=5)
+    np.testing.assert_array_equal(cached, generate(model, prompt, 6, kv_cache=False, temperature=1.0, seed=5))
+
+
 def test_greedy_is_argmax_and_deterministic(model):
     out = generate(model, np.array([[7]]), 5, temperature=0.0)
     assert (out == generate(model, np.array([[7]]), 5, temperature=0.0, seed=99)).all()
