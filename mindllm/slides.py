@@ -128,6 +128,9 @@ def exporter() -> SlidesExporter:
     c.TagRemovePreprocessor.remove_cell_tags = {"hide-cell"}
     c.TagRemovePreprocessor.remove_input_tags = {"hide-input"}
     c.TagRemovePreprocessor.remove_all_outputs_tags = {"hide-output"}
+    # a long cell's prints arrive as several stream outputs (nbclient flushes during the run); Jupyter shows them as
+    # one block, and so does the deck (each would otherwise be its own <pre>, with its own margins)
+    c.CoalesceStreamsPreprocessor.enabled = True
     c.SlidesExporter.reveal_url_prefix = f"{ASSETS}/reveal.js"
     c.SlidesExporter.reveal_theme = THEME
     return SlidesExporter(config=c, extra_loaders=[DictLoader({"mindllm_slides.html.j2": TEMPLATE})],

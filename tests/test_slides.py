@@ -45,7 +45,7 @@ def every_feature_notebook(path):
         cell("md", "## Sub $x^2$", "subslide"),
         cell("code", "secret_source = 1", "slide", ["hide-input"],
              [text("only-the-output"), new_output("display_data", data={"image/png": PNG_1PX})]),
-        cell("code", "visible_code = 2", "fragment", outputs=[text("visible-output")]),
+        cell("code", "visible_code = 2", "fragment", outputs=[text("visible-output\n"), text("second-print\n")]),
         cell("code", "skipped_code = 3", "skip"),
         cell("md", "speaker note text", "notes"),
         cell("md", "## dropped-slide", "slide", ["hide-cell"]),
@@ -150,6 +150,7 @@ def test_slide_types_and_tags(tmp_path):
     assert Deck(html).slides == expected_slides(nb) == 4
     assert "标题" in html and "only-the-output" in html and "data:image/png;base64," in html
     assert "visible_code" in html and "visible-output" in html and "code_without_output" in html
+    assert "visible-output\nsecond-print" in html  # a cell's consecutive prints: one block, as Jupyter shows them
     for gone in ("secret_source", "skipped_code", "dropped-slide", "hidden-output"):
         assert gone not in html, gone
     assert re.search(r'<aside class="notes">.*speaker note text', html, re.S)
