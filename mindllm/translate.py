@@ -244,7 +244,7 @@ def catalog_problems(pair: Pair, root: str, terms: list) -> list[str]:
     needed, entries = outputs.templates(nb), read_catalog(root, pair)
     if needed and not os.path.isfile(os.path.join(root, pair.catalog)):
         return [f"{pair.catalog}: missing (what {pair.english} prints and draws, in Chinese)"]
-    have, shown = {outputs.key(e.en) for e in entries}, set(map(outputs.key, outputs.templates(nb, every=True)))
+    have, shown = {outputs.key(e.en) for e in entries}, shown_keys(nb)
     out = [f"{pair.catalog}: missing: {t}" for t in needed if outputs.key(t) not in have]
     out += [f"{pair.catalog}: not in the outputs any more: {e.en}" for e in entries if outputs.key(e.en) not in shown]
     if len(have) < len(entries):
@@ -252,6 +252,12 @@ def catalog_problems(pair: Pair, root: str, terms: list) -> list[str]:
     for e in entries:
         out += [f"{pair.catalog}: {e.en}: {problem}" for problem in entry_problems(e, terms)]
     return out
+
+
+def shown_keys(nb) -> set[str]:
+    """The keys of every line a notebook's outputs print or draw: the entries its catalog may hold (check names the
+    others, skeleton drops them)."""
+    return set(map(outputs.key, outputs.templates(nb, every=True)))
 
 
 def entry_problems(e: outputs.Entry, terms: list) -> list[str]:
@@ -365,8 +371,7 @@ def catalog_skeleton(pair: Pair, root: str) -> int:
     line that needs one and has none, and drop the entries of lines the outputs no longer have (a re-run's new
     samples replace the old ones); returns how many were added."""
     nb = read_notebook(os.path.join(root, pair.english))
-    shown = set(map(outputs.key, outputs.templates(nb, every=True)))
-    old = read_catalog(root, pair)
+    shown, old = shown_keys(nb), read_catalog(root, pair)
     entries = [e for e in old if outputs.key(e.en) in shown]
     have = {outputs.key(e.en) for e in entries}
     new = [outputs.Entry(t, TODO) for t in outputs.templates(nb) if outputs.key(t) not in have]
