@@ -57,6 +57,9 @@ class Run:
     start: int = 0
     saved: str | None = None  # the newest checkpoint verified finite: what a failure names
     t0: float = 0.0  # when train() began: the summary's wall time counts from it
+    stopped: str = ""  # why the task ended the run before max_iters (kept in the checkpoints: a resume stays stopped)
+    end: int = 0  # the step the run ended at: max_iters, or the evaluation that stopped it
+
 
     @property
     def ckpt_dir(self) -> str:
@@ -138,7 +141,11 @@ def prepare(cfg, log, target: str, dist) -> Run:
         load_arrays(optimizer, opt_state, existing, skip=optimizer_skip(optimizer, weights))
         task.train_batches.set_state(state["data_rng"])
         start = state["step"]
-        log(f"resumed from {existing} at step {start}")
+        log(f"resumed from {existing} at step {start}" + (f" (stopped: {state['stopped']})"
+                                                           if state.get("stopped") else ""))
+    if task.stop is not None and dist.world > 1:  # only rank 0 evaluates: the others would wait for it forever
+        raise UserError("stopping at a target metric needs one process: run it without msrun, or set "
+                        "the target to 0")
     place_on_devices(cfg, model, log)
     if dist.is_main:
         save_config(cfg, os.path.join(cfg.out_dir, runs.CONFIG))
@@ -155,7 +162,7 @@ def prepare(cfg, log, target: str, dist) -> Run:
     return Run(cfg=cfg, log=log, target=target, dist=dist, task=task, optimizer=optimizer, steps=steps,
                metrics=runs.Metrics(cfg.out_dir, start if existing else None, dist.is_main), scaler=scaler,
                loss_mean=parallel.loss_reducer(dist),
-               start=start, saved=existing or None)
+               start=start, saved=existing or None, stopped=state.get("stopped", ""))
 
 
 def place_on_devices(cfg, model, log) -> None:
@@ -222,6 +229,9 @@ def loop(run: Run) -> None:
     eval_loss = ms.jit(eval_fn) if cfg.context.mode == "graph" else eval_fn
     lrs = lr_schedule(schedule)
     run.task.model.set_train(True)
+    run.end = run.start if run.stopped else max(run.start, schedule.max_iters)
+    if run.stopped:
+        return
     if run.start == 0 and dist.is_main:  # the untrained model: the baseline every later number is read against
         run.metrics.write({"step": 0, "lr": lrs[0], **evaluate(run, eval_loss)})
     bar = tqdm(range(run.start, schedule.max_iters), initial=run.start, total=schedule.max_iters, dynamic_ncols=True,
@@ -239,19 +249,33 @@ def loop(run: Run) -> None:
         record = None
         is_eval = done % schedule.eval_interval == 0 or done == schedule.max_iters
         if (done % schedule.log_interval == 0 or is_eval) and dist.is_main:  # evaluation too: the weights are equal
-            record = window.record(done, lrs[it], norm, run.task.tokens_per_batch * schedule.grad_accum)
-            stats = run.task.train_stats() if run.task.train_stats is not None else {}
-            record.update(stats)
-            if is_eval:
-                record.update(evaluate(run, eval_loss))
-            run.metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", **{k: f"{stats[k]:.3f}" for k in run.task.shown},
-                            **window.shown(record))
-        if (done % schedule.ckpt_interval == 0 or done == schedule.max_iters) and dist.is_main:
+            record = log_step(run, window, bar, done, lr=lrs[it], norm=norm,
+                              evaluation=eval_loss if is_eval else None)
+            if is_eval and run.task.stop is not None:
+                run.stopped = run.task.stop(record)
+        if (done % schedule.ckpt_interval == 0 or done == schedule.max_iters or run.stopped) and dist.is_main:
             save_verified(run, done, record.get("val_loss") if record else None, eval_loss)
+        if run.stopped:
+            run.end = done
+            bar.close()
+            run.log(f"stopped at step {done} of {schedule.max_iters}: {run.stopped}")
+            return
     bar.close()
     if dist.split_batches:  # every rank states what it ends with, in its own log: equal on all ranks
         print(f"[rank {dist.rank}/{dist.world}] final weights sha256 {weights_digest(run.task.model)}", flush=True)
+
+
+def log_step(run: Run, window, bar, done: int, *, lr: float, norm, evaluation=None) -> dict:
+    """The record of a logged step (with an evaluation if `evaluation` is the eval loss), written and shown."""
+    record = window.record(done, lr, norm, run.task.tokens_per_batch * run.cfg.train.grad_accum)
+    stats = run.task.train_stats() if run.task.train_stats is not None else {}
+    record.update(stats)
+    if evaluation is not None:
+        record.update(evaluate(run, evaluation))
+    run.metrics.write(record)
+    bar.set_postfix(loss=f"{record['loss']:.3f}", **{k: f"{stats[k]:.3f}" for k in run.task.shown},
+                    **window.shown(record))
+    return record
 
 
 class Window:
@@ -306,22 +330,21 @@ def save_verified(run: Run, step: int, val_loss, eval_loss) -> None:
         raise UserError(f"the weights after step {step} give a loss of {val_loss} (not saved); lower train.lr or set "
                         f"train.grad_clip ({last_good(run, 'and a lower train.lr')})")
     state = {"data_rng": run.task.train_batches.state(), "config": run.cfg.to_dict(),
-             **runs.tokenizer_fingerprint(run.cfg.out_dir),
+             **runs.tokenizer_fingerprint(run.cfg.out_dir), **({"stopped": run.stopped} if run.stopped else {}),
              **({"loss_scale": float(run.scaler.scale_value.asnumpy())} if run.scaler is not None else {})}
     run.saved = save_checkpoint(run.ckpt_dir, step, model, run.optimizer, state, keep=run.cfg.train.keep_ckpts)
 
 
 def finish(run: Run) -> dict:
-    cfg, schedule, model = run.cfg, run.cfg.train, run.task.model
+    cfg, model = run.cfg, run.task.model
     if not run.dist.is_main:
-        return {"rank": run.dist.rank, "steps": schedule.max_iters}
-    last = f"step_{max(run.start, schedule.max_iters):07d}"
-    if run.saved is None or os.path.basename(run.saved) != last:  # nothing trained: a checkpoint of the start
-        save_verified(run, max(run.start, schedule.max_iters), None, run.task.eval_loss_fn or run.task.loss_fn)
+        return {"rank": run.dist.rank, "steps": run.end}
+    if run.saved is None or os.path.basename(run.saved) != f"step_{run.end:07d}":  # nothing trained: the start
+        save_verified(run, run.end, None, run.task.eval_loss_fn or run.task.loss_fn)
     records = run.metrics.read()
     plot_metrics(records, run.task.baselines, os.path.join(cfg.out_dir, "loss.png"))
     evals = [r for r in records if "val_loss" in r]
-    summary = {"steps": schedule.max_iters, "params": model.num_params(),
+    summary = {"steps": run.end, **({"stopped": run.stopped} if run.stopped else {}), "params": model.num_params(),
                "trainable_params": sum(int(np.prod(p.shape)) for p in model.trainable_params()),
                "vocab_size": run.task.tokenizer.vocab_size,
                "val_loss": evals[-1]["val_loss"], "val_perplexity": math.exp(evals[-1]["val_loss"]),

@@ -108,13 +108,17 @@ def sft_run(tmp_path_factory, small_corpus):
     corpus = root / "corpus.txt"  # the head of Shakespeare lacks a digit or two
     corpus.write_text(open(small_corpus, encoding="utf-8").read() + "\n0123456789\n", encoding="utf-8")
     base = train_tiny(str(corpus), root / "base", "train.max_iters=30", "model.block_size=32")
-    cfg = load_config(None, ["task=sft", f"sft.init={base}", f"out_dir={root / 'sft'}", "sft.digits=1",
-                             "sft.train_problems=40", "sft.test_problems=20", "sft.eval_problems=10",
-                             "sft.reward=partial_credit", "train.lr=3e-3", "train.warmup_iters=5",
-                             "train.max_iters=60", "train.batch_size=8", "train.eval_iters=2",
-                             "train.eval_interval=30", "train.progress=false", "sample.max_new_tokens=0"])
-    summary = train(cfg, log=lambda *a: None)
+    summary = train(load_config(None, sft_args(str(root / "sft"), root / "sft")), log=lambda *a: None)
     return str(root / "sft"), summary
+
+
+def sft_args(sft_dir: str, out) -> list[str]:
+    """The fixture's SFT settings (its start model sits beside its run directory)."""
+    base = os.path.join(os.path.dirname(sft_dir), "base")
+    return ["task=sft", f"sft.init={base}", f"out_dir={out}", "sft.digits=1", "sft.train_problems=40",
+            "sft.test_problems=20", "sft.eval_problems=10", "sft.reward=partial_credit", "train.lr=3e-3",
+            "train.warmup_iters=5", "train.max_iters=60", "train.batch_size=8", "train.eval_iters=2",
+            "train.eval_interval=10", "train.progress=false", "sample.max_new_tokens=0"]
 
 
 def test_sft_scores_its_answers_against_the_baselines(sft_run):
@@ -123,13 +127,33 @@ def test_sft_scores_its_answers_against_the_baselines(sft_run):
     for q, a, right in s["answers"]:
         assert q.endswith(" is ") and str(eval(q.replace(" plus ", "+").replace(" is ", ""))) == right  # noqa: S307
     records = [json.loads(line) for line in open(os.path.join(path, "metrics.jsonl"))]
-    assert [r["step"] for r in records if "exact_match" in r] == [0, 30, 60]
+    assert [r["step"] for r in records if "exact_match" in r] == [0, 10, 20, 30, 40, 50, 60]
     model, tokenizer, cfg = __import__("mindllm.runs", fromlist=["x"]).load_model(path)
     assert cfg.model.block_size == 32  # the config took the start run's model section
     options, seed = problems.settings(path)
     _, test = problems.load(options, seed)
     again = problems.score(model, tokenizer, test, reward="exact_match")
     assert again["exact_match"] == s["exact_match"]
+
+
+def test_sft_stops_at_its_target_on_training_problems_and_a_resume_stays_stopped(sft_run, tmp_path):
+    """sft.stop_at ends the run at the first evaluation whose reward reaches it, on training problems only; the run is the
+    same as the full one up to there, its last checkpoint is that step's, and resume=true trains no further."""
+    path, full = sft_run
+    records = [json.loads(line) for line in open(os.path.join(path, "metrics.jsonl"))]
+    evals = [(r["step"], r["train_reward"]) for r in records if "train_reward" in r]
+    target = min((v for _, v in evals if v > 0), default=0)
+    assert target > 0  # the fixture's SFT earns some partial credit: else this test could not stop anything
+    first = next(step for step, v in evals if v >= target)
+    args = sft_args(path, tmp_path / "stop") + [f"sft.stop_at={target}"]
+    s = train(load_config(None, args), log=lambda *a: None)
+    assert s["steps"] == first and "training problems" in s["stopped"]
+    assert sorted(os.listdir(os.path.join(tmp_path, "stop", "ckpt")))[-1] == f"step_{first:07d}"
+    untimed = [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
+               for line in open(tmp_path / "stop" / "metrics.jsonl")]
+    assert untimed == [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records if r["step"] <= first]
+    resumed = train(load_config(None, args + ["resume=true"]), log=lambda *a: None)
+    assert resumed["steps"] == first and resumed["exact_match"] == s["exact_match"]
 
 
 def test_pairs_rank_the_models_own_answers(sft_run, tmp_path):

@@ -2,7 +2,10 @@
 step of InstructGPT's recipe, and the model every later alignment step starts from and is compared with.
 
 The loss scores the answer tokens only (as instruction tuning does, tasks/instruct.py); the prompt is given. Every
-evaluation answers held-out problems greedily, so metrics.jsonl holds the exact-match curve beside the loss.
+evaluation answers held-out problems greedily, so metrics.jsonl holds the exact-match curve beside the loss, and as
+many training problems: `sft.stop_at` ends the run once those reach a target. The model learns carrying abruptly, at
+a step that depends on the seed, so a fixed step count leaves it anywhere from 10% to 99%; a target leaves every
+later method the same room to improve.
 """
 from __future__ import annotations
 
@@ -33,7 +36,12 @@ HEADLINE = (("exact match", "exact_match", {"start model": "start_exact_match",
 @dataclass
 class Options(problems.ProblemOptions):
     init: str = opt("", doc="the out_dir of the causal_lm run to fine-tune (its sizes and tokenizer are used)")
-    eval_problems: int = opt(200, lo=1, doc="held-out problems answered greedily at every evaluation")
+    eval_problems: int = opt(200, lo=1, doc="held-out problems answered greedily at every evaluation (and as many "
+                                            "training problems)")
+    stop_at: float = opt(0.0, lo=0.0, hi=1.0, doc="end SFT at the first evaluation whose mean reward (exact match "
+                                                 "by default) on training problems reaches this (0: train "
+                                                 "max_iters); it learns carrying abruptly, at a step that depends on "
+                                                 "the seed")
 
 
 def check(cfg) -> None:
@@ -79,7 +87,16 @@ def build(cfg) -> Task:
 
     def eval_metrics(net) -> dict:
         s = problems.score(net, tokenizer, test[:o.eval_problems], reward=o.reward)
-        return {"exact_match": s["exact_match"], "reward": s["reward"]}
+        seen = problems.score(net, tokenizer, train[:o.eval_problems], reward=o.reward)
+        return {"exact_match": s["exact_match"], "reward": s["reward"], "train_exact_match": seen["exact_match"],
+                "train_reward": seen["reward"]}
+
+    def stop(record: dict) -> str:
+        """The stopping rule looks at training problems only: choosing the step by held-out ones would leak them."""
+        if o.stop_at and record["train_reward"] >= o.stop_at:
+            return (f"mean reward ({o.reward}) {record['train_reward']:.3f} on {min(o.eval_problems, len(train))} "
+                    f"training problems >= sft.stop_at={o.stop_at:g}")
+        return ""
 
     def final_eval(net) -> dict:
         s = problems.score(net, tokenizer, test, reward=o.reward)
@@ -95,7 +112,7 @@ def build(cfg) -> Task:
                                                   cfg.train.eval_iters)
                               for name, split in (("train", "train"), ("val", "test"))},
                 baselines={"uniform": math.log(V), "unigram": unigram_loss(*answer_ids, V)},
-                eval_metrics=eval_metrics, final_eval=final_eval,
+                eval_metrics=eval_metrics, final_eval=final_eval, stop=stop if o.stop_at else None,
                 describe=f"SFT of the GPT in {o.init} ({parameter_counts(model)}) on {len(train)} train / "
                          f"{len(test)} held-out {o.digits}-digit additions ({o.lang}); before tuning it answers "
                          f"{start['exact_match']:.1%} exactly")

@@ -68,6 +68,7 @@ class Task:
     train_stats: Callable | None = None  # () -> {name: float} of the batches just trained on (an RL rollout's reward)
     shown: tuple = ()  # which of train_stats the progress bar shows
     reference: Any = None  # a frozen model the loss measures the trained one against (alignment's SFT model)
+    stop: Callable | None = None  # (an evaluation's record) -> why to end before max_iters, or "" (SFT's target)
 
 
 def build(cfg) -> Task:
