@@ -107,7 +107,7 @@ def sft_run(tmp_path_factory, small_corpus):
     root = tmp_path_factory.mktemp("align")
     corpus = root / "corpus.txt"  # the head of Shakespeare lacks a digit or two
     corpus.write_text(open(small_corpus, encoding="utf-8").read() + "\n0123456789\n", encoding="utf-8")
-    base = train_tiny(str(corpus), root / "base", "train.max_iters=30", "model.block_size=32")
+    train_tiny(str(corpus), root / "base", "train.max_iters=30", "model.block_size=32")
     summary = train(load_config(None, sft_args(str(root / "sft"), root / "sft")), log=lambda *a: None)
     return str(root / "sft"), summary
 
