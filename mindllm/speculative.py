@@ -66,15 +66,17 @@ def window_logits(dec, block: int, ids: np.ndarray) -> np.ndarray:
 
 
 def propose(draft, ids: np.ndarray, k: int, rules: dict, rng) -> tuple[list[int], list[np.ndarray]]:
-    """The draft's k tokens after `ids` and the distribution each was drawn from (its KV cache, re-encoded when
-    the window is full, as sample.tokens does)."""
+    """The draft's k tokens after `ids` and the distribution each was drawn from: its KV cache while the window
+    fills; past it, each token re-encodes the window without a cache, as decoding.tokens does (a cache would be
+    discarded at the next slide)."""
     block, dec = draft.config.block_size, decoder_for(draft, 1, True)
     seq, out, qs, cache, pos = list(ids), [], [], None, 0
     for _ in range(k):
-        if cache is None or pos >= block:
-            win = np.array(seq[-block:], np.int32)
-            logits, cache = dec.encode(Tensor(np.pad(win, (0, block - len(win)))[None]))
-            row, pos = logits.asnumpy()[0, len(win) - 1], len(win)
+        if len(seq) > block:
+            row = window_logits(dec, block, np.array(seq, np.int32))[-1]
+        elif cache is None:
+            logits, cache = dec.encode(Tensor(np.pad(np.array(seq, np.int32), (0, block - len(seq)))[None]))
+            row, pos = logits.asnumpy()[0, len(seq) - 1], len(seq)
         else:
             logits, cache = dec.next(Tensor([[seq[-1]]], ms.int32), cache, pos)
             row, pos = logits.asnumpy()[0, 0], pos + 1

@@ -10,7 +10,7 @@ from scipy.stats import chisquare
 from mindllm import device
 from mindllm.models.gpt import GPT, GPTConfig
 from mindllm.sample import generate
-from mindllm.speculative import probabilities, speculate, verify
+from mindllm.speculative import probabilities, propose, speculate, verify
 
 
 def random_gpt(vocab, block, layers, width, seed, scale=0.0):
@@ -40,6 +40,17 @@ def test_greedy_equals_the_targets_greedy_decoding(target, k):
     same, stats = speculate(target, target, prompt, 25, k=k, temperature=0.0)  # a perfect draft: all kept
     np.testing.assert_array_equal(same, want)
     assert stats.accepted == stats.proposed > 0 and stats.rounds < 25
+
+
+@pytest.mark.parametrize("start", [4, 10, 12, 15])
+def test_draft_proposals_equal_its_own_greedy_decoding_across_the_window_edge(target, start):
+    """propose() past the draft's window (a draft with a shorter context than the target's): its tokens are the
+    draft's own greedy ones from sample.generate, which slides the window the same way (block 12, 6 proposals)."""
+    ids = np.arange(start, dtype=np.int32) % 40
+    got, qs = propose(target, ids, 6, dict(temperature=0.0, top_k=0, top_p=1.0), np.random.default_rng(0))
+    want = generate(target, ids[None], 6, temperature=0.0)[0, start:]
+    np.testing.assert_array_equal(got, want)
+    assert [int(np.argmax(q)) for q in qs] == got
 
 
 def test_rejection_rule_by_hand():
