@@ -19,6 +19,7 @@ import re
 from .errors import UserError
 
 CJK = re.compile(r"[\u3000-\u9fff\uff00-\uffef]")
+MATH = re.compile(r"(?<!\\)\$.*(?<!\\)\$")  # mathtext: a text between unescaped dollar signs
 MIME = "application/vnd.mindllm.figure+pickle"  # base64 of the xz-compressed pickle of a matplotlib Figure
 
 
@@ -83,7 +84,10 @@ def translated(data: str, translate, font: str = ""):
     for text in fig.findobj(Text):
         if text.get_text() and translate(text.get_text()) != text.get_text():
             text.set_text(translate(text.get_text()))
-        if font and CJK.search(text.get_text()) and font not in text.get_fontfamily():
+        if font and CJK.search(text.get_text()) and MATH.search(text.get_text()):
+            # mathtext draws the words around the math in the text's first font, without falling back per glyph
+            text.set_fontfamily([font, *(f for f in text.get_fontfamily() if f != font)])
+        elif font and CJK.search(text.get_text()) and font not in text.get_fontfamily():
             text.set_fontfamily([*text.get_fontfamily(), font])  # a text made before the font was: fall back too
     return fig
 

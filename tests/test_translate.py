@@ -221,6 +221,22 @@ def test_a_kept_figure_is_drawn_again_with_its_text_through_the_catalog():
     assert zh_png != png and figures.redraw(kept, lambda s: s) == png  # the same drawing, but for its words
 
 
+def test_chinese_words_around_math_in_a_figure_get_the_chinese_font(caplog):
+    """Mathtext draws a label with $...$ whole, the words around the math in the text's first font and without
+    falling back per glyph: the Chinese of 'exact, $\\beta$ 0.05' came out as boxes until the CJK font led."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3, 2))
+    fig.add_subplot().plot([0, 1], label=r"exact, $\beta$ 0.05")
+    fig.axes[0].legend()
+    catalog = outputs.Catalog([outputs.Entry(r"exact, $\beta$ {}", r"精确匹配，$\beta$ {}")])
+    fonts.use_in_matplotlib()
+    with caplog.at_level("WARNING"):
+        figures.redraw(figures.stored(fig), catalog.text, font=fonts.FAMILY)
+    assert not [r for r in caplog.records if "does not have a glyph" in r.getMessage()]
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == r"exact, $\beta$ 0.05"  # the kept figure is unchanged
+
+
 def test_status_counts_the_figures_a_run_did_not_keep():
     kept, png = a_kept_figure()
     nb = new_notebook(cells=[new_code_cell("", outputs=[
