@@ -110,8 +110,10 @@ def plot(paths: list[str], out: str) -> None:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.legend(*ax_em.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    handles, labels = ax_em.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    rows = -(-len(labels) // 4)
+    fig.tight_layout(rect=(0, 0.03 + 0.055 * rows, 1, 1))  # room for the legend's rows below the axes' labels
     try:
         fig.savefig(out, dpi=110)
     except OSError as e:
