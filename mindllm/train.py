@@ -60,7 +60,6 @@ class Run:
     stopped: str = ""  # why the task ended the run before max_iters (kept in the checkpoints: a resume stays stopped)
     end: int = 0  # the step the run ended at: max_iters, or the evaluation that stopped it
 
-
     @property
     def ckpt_dir(self) -> str:
         return runs.ckpt_dir(self.cfg.out_dir)
