@@ -143,8 +143,8 @@ def prepare(cfg, log, target: str, dist) -> Run:
         log(f"resumed from {existing} at step {start}" + (f" (stopped: {state['stopped']})"
                                                            if state.get("stopped") else ""))
     if task.stop is not None and dist.world > 1:  # only rank 0 evaluates: the others would wait for it forever
-        raise UserError("stopping at a target metric needs one process: run it without msrun, or set "
-                        "the target to 0")
+        raise UserError("this run stops at a target (e.g. sft.stop_at), which needs one process: run it without "
+                        "msrun, or set the target to 0")
     place_on_devices(cfg, model, log)
     if dist.is_main:
         save_config(cfg, os.path.join(cfg.out_dir, runs.CONFIG))

@@ -4,7 +4,7 @@ step of InstructGPT's recipe, and the model every later alignment step starts fr
 The loss scores the answer tokens only (as instruction tuning does, tasks/instruct.py); the prompt is given. Every
 evaluation answers held-out problems greedily, so metrics.jsonl holds the exact-match curve beside the loss, and as
 many training problems: `sft.stop_at` ends the run once those reach a target. The model learns carrying abruptly, at
-a step that depends on the seed, so a fixed step count leaves it anywhere from 10% to 99%; a target leaves every
+a step that depends on the seed, so a fixed step count leaves it anywhere from 7% to 99%; a target leaves every
 later method the same room to improve.
 """
 from __future__ import annotations
