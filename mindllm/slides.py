@@ -198,14 +198,16 @@ def audit(html: str) -> dict:
     with open(probe, "w", encoding="utf-8") as fh:
         fh.write(page.replace("</html>", AUDIT + "</html>", 1))
     try:
-        p = chromium("--window-size=1280,720", "--virtual-time-budget=60000", "--dump-dom",
-                     "file://" + os.path.abspath(probe), timeout=180)
+        for _ in range(2):  # on a loaded machine Chromium now and then exits without the page: once more
+            p = chromium("--window-size=1280,720", "--virtual-time-budget=60000", "--dump-dom",
+                         "file://" + os.path.abspath(probe), timeout=180)
+            found = re.search(r'<pre id="mindllm-audit">(.*?)</pre>', p.stdout, re.S)
+            if found:
+                return json.loads(html_module.unescape(found.group(1)))
     finally:
         os.remove(probe)
-    found = re.search(r'<pre id="mindllm-audit">(.*?)</pre>', p.stdout, re.S)
-    if not found:
-        raise UserError(f"Chromium could not measure {html}: {(p.stderr.strip().splitlines() or ['no output'])[-1]}")
-    return json.loads(html_module.unescape(found.group(1)))
+    raise UserError(f"Chromium could not measure {html} (exit status {p.returncode}, twice): "
+                    f"{(p.stderr.strip().splitlines() or ['no output'])[-1]}")
 
 
 def problems(report: dict) -> list[str]:

@@ -272,6 +272,30 @@ def test_the_audit_names_what_an_instructor_would_have_to_fix(tmp_path):
 
 @needs_chromium
 @pytest.mark.slow
+def test_the_audit_asks_chromium_once_more_when_it_exits_without_the_page(tmp_path, monkeypatch):
+    """Under load Chromium has exited without printing the page (CI, 2026-11-30): the audit asks a second time, and
+    names the exit status when both fail."""
+    from mindllm import slides
+
+    nb = _cell_nb(tmp_path / "ok.ipynb", [cell("md", "# Title", "slide"), cell("md", "## A", "slide"),
+                                         cell("code", "z = 1", "-"), cell("md", "talk", "notes")])
+    deck, calls = build(nb, str(tmp_path / "out")), []
+
+    def flaky(*args, **kwargs):  # the first call fails as Chromium did; the others are the real browser
+        calls.append(args)
+        if len(calls) == 1:
+            return subprocess.CompletedProcess(args, 1, stdout="", stderr="ERROR:dbus/object_proxy.cc")
+        return chromium(*args, **kwargs)
+
+    monkeypatch.setattr(slides, "chromium", flaky)
+    assert problems(audit(deck)) == [] and len(calls) == 2
+    monkeypatch.setattr(slides, "chromium", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "gone"))
+    with pytest.raises(slides.UserError, match="exit status 1, twice"):
+        audit(deck)
+
+
+@needs_chromium
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS + CHINESE, ids=os.path.basename)
 def test_every_deck_is_ready_to_present(path, tmp_path):
     """At 1280x720 every slide fits, no code line is cut, no slide shows more than 12 lines of code, every slide after
