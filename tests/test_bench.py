@@ -130,9 +130,9 @@ def test_e2e_reference_has_mindllms_parameter_count():
     (["--finetune", "configs/gpt_char_shakespeare.yaml"],
      "error: --finetune mirrors fine-tuning the real MiniLM (task=classify, classify.init=minilm) and BERT "
      "pretraining (task=bert_pretrain); this config has task=causal_lm"),
-    (["--finetune", "configs/ptuning_minilm_tweets.yaml"],
-     "error: --finetune mirrors full fine-tuning, LoRA without dropout and prompt tuning in peft; this config has "
-     "peft.method=ptuning"),
+    (["--finetune", "configs/lora_minilm_tweets.yaml", "--set", "peft.dropout=0.1"],
+     "error: --finetune mirrors LoRA without dropout (peft's dropout draws other random numbers); this config has "
+     "peft.dropout=0.1"),
     (["--finetune", "--set", "train.lr=x"], "error: config")])
 def test_e2e_and_finetune_bad_input_is_one_line(args, message):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,8 +227,10 @@ BERT_4L_128 = ((6000 + 64 + 2) * 128 + 2 * 128                                  
 @pytest.mark.parametrize("config, trainable", [
     ("configs/lora_minilm_tweets.yaml", 6 * 2 * 2 * 384 * 8 + 384 * 3 + 3),  # A and B of query, value; the head
     ("configs/prompt_minilm_tweets.yaml", 20 * 384 + 384 * 3 + 3),           # 20 virtual tokens; the head
+    ("configs/ptuning_minilm_tweets.yaml", 20 * 384 + 384 * 128 + 128 + 128 * 128 + 128 + 128 * 384 + 384
+     + 384 * 3 + 3),                                     # 20 encoder inputs, the MLP 384-128-128-384; the head
     ("configs/bert_mlm_peoples_daily.yaml", BERT_4L_128)])
-def test_lora_prompt_tuning_and_pretraining_train_the_same_parameters_on_both_sides(tmp_path, config, trainable):
+def test_lora_soft_prompts_and_pretraining_train_the_same_parameters_on_both_sides(tmp_path, config, trainable):
     out = run("--finetune", config, "--quick", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     med = json.loads((tmp_path / "finetune.json").read_text())["median"]
