@@ -84,10 +84,12 @@ def translated(data: str, translate, font: str = ""):
     for text in fig.findobj(Text):
         if text.get_text() and translate(text.get_text()) != text.get_text():
             text.set_text(translate(text.get_text()))
-        if font and CJK.search(text.get_text()) and MATH.search(text.get_text()):
+        if not (font and CJK.search(text.get_text())):
+            continue
+        if MATH.search(text.get_text()):
             # mathtext draws the words around the math in the text's first font, without falling back per glyph
             text.set_fontfamily([font, *(f for f in text.get_fontfamily() if f != font)])
-        elif font and CJK.search(text.get_text()) and font not in text.get_fontfamily():
+        elif font not in text.get_fontfamily():
             text.set_fontfamily([*text.get_fontfamily(), font])  # a text made before the font was: fall back too
     return fig
 

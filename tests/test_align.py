@@ -137,8 +137,9 @@ def test_sft_scores_its_answers_against_the_baselines(sft_run):
 
 
 def test_sft_stops_at_its_target_on_training_problems_and_a_resume_stays_stopped(sft_run, tmp_path):
-    """sft.stop_at ends the run at the first evaluation whose reward reaches it, on training problems only; the run is the
-    same as the full one up to there, its last checkpoint is that step's, and resume=true trains no further."""
+    """sft.stop_at ends the run at the first evaluation whose reward reaches it, on training problems only; the run
+    is the same as the full one up to there, its last checkpoint is that step's, and resume=true trains no
+    further."""
     path, full = sft_run
     records = [json.loads(line) for line in open(os.path.join(path, "metrics.jsonl"))]
     evals = [(r["step"], r["train_reward"]) for r in records if "train_reward" in r]
