@@ -76,6 +76,39 @@ def test_gelu_and_bias_equal_plain():
                 grads_of(fused, (x,), fused.trainable_params()), atol=2e-5)
 
 
+@pytest.mark.parametrize("layer", ["BertIntermediate", "BertTransform"])
+def test_exact_gelu_equals_plain(layer):
+    """BERT's erf GELU as one kernel, inside the two BERT layers that use it; inputs out to +-9 reach erf's tails."""
+    from mindllm.models import bert
+    cfg = bert.BertConfig(vocab_size=10, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=40)
+    plain, fused = plain_and_fused(lambda: getattr(bert, layer)(cfg))
+    x = arr(4, 9, 24, scale=3.0)
+    assert type(fused).__name__ == "Fused" + layer and type(fused.dense).__name__ == "FusedLinear"
+    # BertTransform's LayerNorm (eps 1e-12) gives weight gradients up to ~70 here: float32 sums differ by ~5e-5
+    assert_same(grads_of(plain, (x,), plain.trainable_params()),
+                grads_of(fused, (x,), fused.trainable_params()), atol=1e-4)
+    g = np.linspace(-9, 9, 721, dtype=np.float32)
+    want, (dwant,) = grads_of(bert.gelu_exact, (Tensor(g),), [])
+    got, (dgot,) = grads_of(K.gelu_exact, (Tensor(g),), [])
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(dgot, dwant, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mask_shape", [(12, 1, 7), (1, 5, 7), (5, 7), (12, 5, 7)])
+def test_masked_softmax_equals_plain(mask_shape):
+    """Scale, additive mask and softmax in one kernel, for every mask the course passes: BERT's per-example padding
+    (BH, 1, Tk), a shared causal (1, Tq, Tk) or (Tq, Tk), a per-example full (BH, Tq, Tk); cross-attention sizes."""
+    plain, fused = plain_and_fused(lambda: layers.Attention(8))
+    assert type(fused).__name__ == "MaskedSoftmaxAttention"
+    q, k, v = arr(12, 5, 8, scale=2.0), arr(12, 7, 8, scale=2.0), arr(12, 7, 8)
+    mask = np.where(np.random.default_rng(2).random(mask_shape) < 0.3, layers.NEG_INF, 0.0).astype(np.float32)
+    mask[..., 0] = 0.0  # every query sees a key
+    mask = Tensor(mask)
+    assert_same(grads_of(lambda *a: plain(*a, mask), (q, k, v), []),
+                grads_of(lambda *a: fused(*a, mask), (q, k, v), []), atol=1e-5)
+
+
 def test_causal_softmax_equals_masked_softmax():
     plain, fused = plain_and_fused(lambda: layers.CausalSelfAttention(32, 4, 16))
     x = arr(3, 11, 32)  # T=11 < block 16: the mask is sliced

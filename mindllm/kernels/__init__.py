@@ -104,7 +104,9 @@ class Kernels:
         f32 = ms.float32
         ln_bwd = op("LayerNormBwd", lambda dy, x, w, m, r: (x, w, w), lambda *a: (f32, f32, f32))
         gelu_bwd = op("GeluBwd", lambda dy, x: x, lambda dy, x: f32)
+        gelu_erf_bwd = op("GeluErfBwd", lambda dy, x: x, lambda dy, x: f32)
         softmax_bwd = op("CausalSoftmaxBwd", lambda dy, y, s: y, lambda *a: f32)
+        masked_softmax_bwd = op("MaskedSoftmaxBwd", lambda dy, y, s: y, lambda *a: f32)
         self.column_sum = op("ColumnSum", lambda dy: dy[-1:], lambda dy: f32)
 
         def ln_bprop(x, w, b, eps, out, dout):
@@ -114,8 +116,14 @@ class Kernels:
         def gelu_bprop(x, out, dout):
             return (gelu_bwd(dout, x),)
 
+        def gelu_erf_bprop(x, out, dout):
+            return (gelu_erf_bwd(dout, x),)
+
         def softmax_bprop(x, scale, out, dout):
             return softmax_bwd(dout, out, scale), ops.zeros_like(scale)
+
+        def masked_softmax_bprop(x, mask, scale, out, dout):  # the mask is not learned: no gradient
+            return masked_softmax_bwd(dout, out, scale), ops.zeros_like(mask), ops.zeros_like(scale)
 
         def bias_bprop(x, b, out, dout):
             return dout, self.column_sum(dout)
@@ -129,6 +137,7 @@ class Kernels:
         self.layer_norm = op("LayerNormFwd", lambda x, w, b, e: (x, rows(x), rows(x)), lambda *a: (f32, f32, f32),
                              ln_bprop)
         self.gelu = op("GeluFwd", lambda x: x, lambda x: f32, gelu_bprop)
+        self.gelu_exact = op("GeluErfFwd", lambda x: x, lambda x: f32, gelu_erf_bprop)
         self.cached_attention = op(  # decoding only: no bprop
             "CachedAttention", lambda qkv, k, v, pos, s: ([qkv[0], qkv[1], qkv[2] // 3], k, v),
             lambda *a: (f32, f32, f32))
@@ -141,6 +150,7 @@ class Kernels:
             "QuantMatmul", lambda x, q, s, z: x[:-1] + [q[1]], lambda *a: f32)
         self.add_bias = op("AddBias", lambda x, b: x, lambda x, b: f32, bias_bprop)
         self.causal_softmax = op("CausalSoftmaxFwd", lambda x, s: x, lambda x, s: f32, softmax_bprop)
+        self.masked_softmax = op("MaskedSoftmaxFwd", lambda x, m, s: x, lambda *a: f32, masked_softmax_bprop)
         clip = op("ClipGradNorm", lambda m, *gs: ([1], *gs), lambda m, *gs: (f32,) * (len(gs) + 1))
 
         def clip_by_global_norm(grads, max_norm):  # steps.clip_by_global_norm's contract

@@ -93,6 +93,30 @@ AOT GeluBwd(ARGS) {
   return 0;
 }
 
+// ---- GELU, exact (BERT's): 0.5 x (1 + erf(x / sqrt 2)). inputs x ; outputs y
+static const float kR2 = 0.7071067811865476f, kR2Pi = 0.3989422804014327f;  // 1/sqrt(2), 1/sqrt(2 pi)
+AOT GeluErfFwd(ARGS) {
+  const float *x = (const float *)params[0];
+  float *y = (float *)params[1];
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * kR2));
+  return 0;
+}
+
+// inputs dy, x ; outputs dx. d/dx = Phi(x) + x phi(x)
+AOT GeluErfBwd(ARGS) {
+  const float *dy = (const float *)params[0], *x = (const float *)params[1];
+  float *dx = (float *)params[2];
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    dx[i] = dy[i] * (0.5f * (1.f + std::erf(v * kR2)) + v * kR2Pi * std::exp(-0.5f * v * v));
+  }
+  return 0;
+}
+
 // ---- Causal softmax of attention scores: y = softmax(x * scale + causal mask) over the last axis.
 // inputs x (BH, T, T), scale (1) ; outputs y. Entries above the diagonal are exactly 0 and are never read.
 AOT CausalSoftmaxFwd(ARGS) {
@@ -129,6 +153,45 @@ AOT CausalSoftmaxBwd(ARGS) {
     for (int64_t k = 0; k <= q; ++k) dot += g[k] * yr[k];
     for (int64_t k = 0; k <= q; ++k) d[k] = scale * yr[k] * (g[k] - dot);
     for (int64_t k = q + 1; k < T; ++k) d[k] = 0.f;
+  }
+  return 0;
+}
+
+// ---- Softmax of attention scores with an additive mask: y = softmax(x * scale + mask) over the last axis.
+// inputs x (BH, Tq, Tk), mask (M, Mq, Tk) with M 1 or BH and Mq 1 or Tq (broadcast, never copied), scale (1) ;
+// outputs y
+AOT MaskedSoftmaxFwd(ARGS) {
+  const float *x = (const float *)params[0], *mask = (const float *)params[1];
+  const float scale = ((const float *)params[2])[0];
+  float *y = (float *)params[3];
+  const int64_t BH = shapes[0][0], Tq = shapes[0][1], Tk = shapes[0][2];
+  const int64_t M = shapes[1][0], Mq = shapes[1][1];
+  for (int64_t b = 0; b < BH; ++b)
+    for (int64_t q = 0; q < Tq; ++q) {
+      const float *xr = x + (b * Tq + q) * Tk, *mr = mask + ((M == 1 ? 0 : b) * Mq + (Mq == 1 ? 0 : q)) * Tk;
+      float *yr = y + (b * Tq + q) * Tk;
+      float mx = -3.4e38f;
+      for (int64_t k = 0; k < Tk; ++k) { yr[k] = xr[k] * scale + mr[k]; mx = std::fmax(mx, yr[k]); }
+      float s = 0.f;
+      for (int64_t k = 0; k < Tk; ++k) { yr[k] = std::exp(yr[k] - mx); s += yr[k]; }
+      const float inv = 1.f / s;
+      for (int64_t k = 0; k < Tk; ++k) yr[k] *= inv;
+    }
+  return 0;
+}
+
+// inputs dy, y, scale ; outputs dx = scale * y * (dy - sum(dy * y)), every row whole
+AOT MaskedSoftmaxBwd(ARGS) {
+  const float *dy = (const float *)params[0], *y = (const float *)params[1];
+  const float scale = ((const float *)params[2])[0];
+  float *dx = (float *)params[3];
+  const int64_t T = shapes[0][ndims[0] - 1], rows = numel(ndims[0], shapes[0]) / T;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *g = dy + r * T, *yr = y + r * T;
+    float *d = dx + r * T;
+    float dot = 0.f;
+    for (int64_t k = 0; k < T; ++k) dot += g[k] * yr[k];
+    for (int64_t k = 0; k < T; ++k) d[k] = scale * yr[k] * (g[k] - dot);
   }
   return 0;
 }
