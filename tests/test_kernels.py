@@ -189,6 +189,48 @@ def test_training_loss_curve_equals_plain():
         np.testing.assert_allclose(q.asnumpy(), p.asnumpy(), atol=2e-4)
 
 
+def test_bert_training_curve_equals_plain():
+    """30 AdamW steps of a small BERT classifier on padded batches of Shakespeare lines (is the speaker's line a
+    question?), compiled: with the exact-GELU and masked-softmax kernels the curve and weights are the plain ones."""
+    from mindllm.config import TrainConfig
+    from mindllm.data import load_corpus
+    from mindllm.data.tokenizer import CharTokenizer
+    from mindllm.models.bert import BertConfig, BertForSequenceClassification
+    from mindllm.optim import build_optimizer
+    from mindllm.steps import TrainSteps, clip_by_global_norm
+
+    lines = [t.strip() for t in load_corpus("shakespeare")[:200_000].split("\n") if 8 <= len(t.strip()) <= 31]
+    tok = CharTokenizer.train("".join(lines))
+    pick = np.random.default_rng(0).choice(len(lines), size=(30, 16))
+    batches = []
+    for rows in pick:
+        ids, mask = np.zeros((16, 32), np.int32), np.zeros((16, 32), np.int32)
+        for i, r in enumerate(rows):
+            enc = [tok.vocab_size] + tok.encode(lines[r])  # a [CLS] id after the characters' ids
+            ids[i, :len(enc)], mask[i, :len(enc)] = enc, 1
+        batches.append((ids, mask, np.array([lines[r].endswith("?") for r in rows], np.int32)))
+    cfg = BertConfig(vocab_size=tok.vocab_size + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                     max_position_embeddings=32, num_labels=2)
+    plain, fused = plain_and_fused(lambda: BertForSequenceClassification(cfg))
+    assert {"MaskedSoftmaxAttention", "FusedBertIntermediate"} <= {type(c).__name__ for _, c in fused.cells_and_names()}
+    curves = []
+    for model in (plain, fused):
+        model.set_train(True)
+
+        def loss_fn(x, m, y):
+            return layers.cross_entropy(model(x, None, m), y)
+
+        clip = kernels.clip_by_global_norm() if model is fused else clip_by_global_norm
+        step = TrainSteps(loss_fn, build_optimizer(model, TrainConfig(max_iters=30, warmup_iters=3, lr=3e-3)),
+                          grad_clip=1.0, clip=clip).step
+        curves.append([float(step(*(Tensor(a) for a in b))[0].asnumpy()) for b in batches])
+    assert min(curves[0][-5:]) < curves[0][0] - 0.1  # it learned something
+    np.testing.assert_allclose(curves[1], curves[0], rtol=2e-4)
+    for p, q in zip(plain.get_parameters(), fused.get_parameters()):
+        np.testing.assert_allclose(q.asnumpy(), p.asnumpy(), atol=2e-4)
+
+
 def plain_generate(monkeypatch, *args, **kwargs):
     """generate() with MINDLLM_KERNELS=plain: it fuses the model it is given, except then."""
     from mindllm.sample import generate
