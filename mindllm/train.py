@@ -225,7 +225,7 @@ def one_step(run: Run) -> tuple[float, object]:
 def loop(run: Run) -> None:
     cfg, schedule, dist = run.cfg, run.cfg.train, run.dist
     eval_fn = run.task.eval_loss_fn or run.task.loss_fn
-    eval_loss = ms.jit(eval_fn) if cfg.context.mode == "graph" else eval_fn
+    eval_loss = ms.jit(eval_fn) if cfg.context.mode == "graph" and not run.task.eval_loss_compiled else eval_fn
     lrs = lr_schedule(schedule)
     run.task.model.set_train(True)
     run.end = run.start if run.stopped else max(run.start, schedule.max_iters)

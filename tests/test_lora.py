@@ -159,3 +159,25 @@ def test_peft_mistakes_are_one_line(tmp_path, overrides, fragment):
 
     assert_clean_error(call("mindllm.train", "configs/lora_minilm_tweets.yaml", *overrides,
                            f"out_dir={tmp_path / 'r'}", "train.max_iters=1"), fragment)
+
+
+@pytest.mark.parametrize("config", ["configs/lora_minilm_tweets.yaml", "configs/bert_mlm_peoples_daily.yaml"])
+def test_the_evaluation_loss_through_the_shared_forward_graph_is_the_training_loss(tmp_path, config):
+    """Classification and BERT pretraining evaluate their loss on the compiled forward graph their metrics use (a
+    second graph would hold its own memory): on the same batch, with dropout off, it equals loss_fn's value."""
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from mindllm import device, tasks
+    from mindllm.config import load_config
+
+    (tmp_path / "run").mkdir()
+    cfg = load_config(config, ["train.batch_size=4", "model.block_size=16", "train.eval_iters=1",
+                               f"out_dir={tmp_path / 'run'}"])
+    device.setup(cfg.context, cfg.seed)
+    task = tasks.build(cfg)
+    assert task.eval_loss_compiled
+    task.model.set_train(False)
+    batch = [Tensor(a) for a in task.eval_batches["val"][0]]
+    want = float(ms.jit(task.loss_fn)(*batch).asnumpy())
+    assert abs(float(task.eval_loss_fn(*batch).asnumpy()) - want) <= 1e-6 * max(1.0, abs(want))

@@ -65,6 +65,9 @@ class Task:
     eval_metrics: Callable | None = None
     final_eval: Callable | None = None
     eval_loss_fn: Callable | None = None
+    # eval_loss_fn runs a compiled forward itself (the one eval_metrics uses): the loop calls it as it is. Each
+    # compiled graph holds its own memory, ~230 MB for MiniLM at batch 32, so one forward graph serves both
+    eval_loss_compiled: bool = False
     train_stats: Callable | None = None  # () -> {name: float} of the batches just trained on (an RL rollout's reward)
     shown: tuple = ()  # which of train_stats the progress bar shows
     reference: Any = None  # a frozen model the loss measures the trained one against (alignment's SFT model)

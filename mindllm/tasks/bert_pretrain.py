@@ -54,11 +54,19 @@ def build(cfg) -> Task:
     val_labels = np.concatenate([b[4][b[4] != IGNORE] for b in eval_batches["val"]])
     frequent = int(np.bincount(train_ids, minlength=V).argmax())
 
-    def loss_fn(ids, types, attn, positions, labels, nsp):
-        mlm_logits, nsp_logits = model(ids, types, attn, positions)
+    def loss_of(forward, ids, types, attn, positions, labels, nsp):
+        mlm_logits, nsp_logits = forward(ids, types, attn, positions)
         return cross_entropy(mlm_logits, labels) + cross_entropy(nsp_logits, nsp)
 
-    eval_metrics = held_out_accuracy(compiled(model, cfg), eval_batches["val"], tokenizer.token_to_id("[MASK]"))
+    def loss_fn(ids, types, attn, positions, labels, nsp):
+        return loss_of(model, ids, types, attn, positions, labels, nsp)
+
+    forward = compiled(model, cfg)  # one forward graph for the evaluation loss and the accuracies
+
+    def eval_loss(*batch):
+        return loss_of(forward, *batch)
+
+    eval_metrics = held_out_accuracy(forward, eval_batches["val"], tokenizer.token_to_id("[MASK]"))
 
     def final_eval(model) -> dict:
         nsp = np.concatenate([b[5] for b in eval_batches["val"]])
@@ -69,7 +77,7 @@ def build(cfg) -> Task:
     return Task(
         model=model, loss_fn=loss_fn, tokenizer=tokenizer, tokens_per_batch=batch * block,
         train_batches=sampler("train", cfg.seed), eval_batches=eval_batches,
-        eval_metrics=eval_metrics, final_eval=final_eval,
+        eval_metrics=eval_metrics, final_eval=final_eval, eval_loss_fn=eval_loss, eval_loss_compiled=True,
         # both heads guess: ln V for the masked token, ln 2 for next-sentence
         baselines={"uniform": math.log(V) + math.log(2),
                    "unigram": unigram_loss(train_ids, val_labels, V) + math.log(2)},

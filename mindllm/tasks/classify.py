@@ -138,7 +138,11 @@ def build(cfg) -> Task:
     def loss_fn(ids, types, attn, y):
         return cross_entropy(model(ids, types, attn), y)
 
-    predict = predictor(compiled(model, cfg), batch)
+    forward = compiled(model, cfg)  # one forward graph for the evaluation loss and the predictions
+    predict = predictor(forward, batch)
+
+    def eval_loss(ids, types, attn, y):
+        return cross_entropy(forward(ids, types, attn), y)
 
     def eval_metrics(model) -> dict:
         ids, types, attn, y = (np.concatenate(a) for a in zip(*eval_batches["val"]))
@@ -160,7 +164,7 @@ def build(cfg) -> Task:
     return Task(
         model=model, loss_fn=loss_fn, tokenizer=tokenizer, tokens_per_batch=batch * block,
         train_batches=RowBatches(arrays["train"], batch, cfg.seed), eval_batches=eval_batches,
-        eval_metrics=eval_metrics, final_eval=final_eval,
+        eval_metrics=eval_metrics, final_eval=final_eval, eval_loss_fn=eval_loss, eval_loss_compiled=True,
         # "unigram" here is the class prior: the train label frequencies
         baselines={"uniform": math.log(n_classes),
                    "unigram": float(-np.log(counts / counts.sum())[parts["val"].labels].mean())},
