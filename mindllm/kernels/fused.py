@@ -123,9 +123,9 @@ class MaskedSoftmaxAttention(Attention):
         self.scale_t = Tensor([base.scale], ms.float32)
 
     def weights(self, q, k, mask):
-        att = self.qk(*mm_dtype(self, q, k)).astype(q.dtype)
-        if mask is None or att.dtype != ms.float32:  # static in graph mode: one branch is compiled
+        if mask is None or q.dtype != ms.float32:  # static in graph mode: one branch is compiled
             return Attention.weights(self, q, k, mask)
+        att = self.qk(*mm_dtype(self, q, k)).astype(q.dtype)
         mask = mask.astype(ms.float32).reshape((1,) * (3 - mask.ndim) + mask.shape)  # (M, Mq, Tk)
         return self.masked_softmax(att, mask, self.scale_t)
 
