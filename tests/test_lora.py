@@ -73,6 +73,29 @@ def test_fresh_adapter_changes_nothing_and_merge_round_trips(arch, tmp_path):
             np.testing.assert_allclose(p.asnumpy(), weights[n], atol=1e-6, err_msg=n)
 
 
+def test_merging_beside_a_compiled_decoder_keeps_the_tokens():
+    """generate() keeps its compiled decoding graphs on the model. Merging an adapter into W, and unmerging it, must
+    not change what those graphs (compiled with the adapter beside W) or a fresh decoder produce: the greedy tokens
+    stay those of the unmerged model, and differ from the base model's."""
+    from mindllm.models.gpt import GPT, GPTConfig
+    from mindllm.sample import generate
+
+    model = GPT(GPTConfig(vocab_size=50, block_size=24, n_layer=2, n_head=2, n_embd=32))
+    prompt = np.random.default_rng(3).integers(0, 50, (1, 4)).astype(np.int32)
+    base = generate(model, prompt, 12, temperature=0.0)
+    apply_lora(model, r=4, targets=("c_attn", "c_fc"))
+    randomise_b(model, seed=4)
+    tuned = generate(model, prompt, 12, temperature=0.0)
+    assert not (tuned == base).all()
+    merge_lora(model)
+    assert (generate(model, prompt, 12, temperature=0.0) == tuned).all()
+    assert (generate(model, prompt, 12, temperature=0.0, kv_cache=False) == tuned).all()
+    two_rows = np.repeat(prompt, 2, axis=0)  # another batch size: a decoder compiled after the merge
+    assert (generate(model, two_rows, 12, temperature=0.0) == tuned).all()
+    unmerge_lora(model)
+    assert (generate(model, prompt, 12, temperature=0.0) == tuned).all()
+
+
 def test_only_the_adapter_and_head_train_and_the_file_holds_only_them(tmp_path):
     from mindllm.config import TrainConfig
     from mindllm.models.layers import cross_entropy

@@ -95,6 +95,8 @@ def apply_lora(model, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, tar
 
 def merge_lora(model) -> None:
     """Fold every adapter into its weight, W <- W + (alpha/r) B A: same outputs, no extra matmuls."""
+    # set_data, not an in-place assign: a decoder compiled before the merge still adds the adapter, and must keep
+    # reading the old W (tests/test_lora.py)
     for _, layer in _lora_layers(model):
         if not layer.merged:
             layer.weight.set_data(Tensor(layer.weight.asnumpy() + layer.delta_weight()))
