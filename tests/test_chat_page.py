@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (.ci/run installs it)")
 MESSAGE = "ROMEO: 你好, sir"  # Chinese and English (14 tokens: the context is 16): UTF-8 all the way
-MAX_TOKENS = 200  # enough decoding time (seconds on CPU) for the page to be seen growing many times
+MAX_TOKENS = 500  # near the server's limit (512): a tiny GPT decodes a token in ~1 ms, so give it many
 
 
 def call(url: str, body: dict | None = None, timeout: float = 60) -> dict:
@@ -44,9 +44,10 @@ def test_chat_page_streams_the_answer_the_api_gives(server, tmp_path):
     png = tmp_path / "chat.png"
     seen = chat_in_browser(url + "/", MESSAGE, screenshot=str(png), inputs={"max_tokens": MAX_TOKENS})
     assert seen["user"] == MESSAGE and not seen["error"], seen
-    # streaming happened in the page: the bubble grew, each text a prefix of the next
+    # streaming happened in the page: the bubble showed part of the answer before all of it, each text a prefix of
+    # the next (how many renders the page gets depends on how the pieces arrive: at ~1 ms a token, in few reads)
     texts = seen["texts"]
-    assert len(texts) >= 3, seen
+    assert len(texts) >= 2, seen
     assert all(b.startswith(a) and len(b) > len(a) for a, b in pairwise(texts)), texts
     # the page's default temperature is 0: greedy, the same answer the non-streaming API gives
     reply = call(url + "/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": MESSAGE}],
