@@ -87,7 +87,7 @@ def test_merging_beside_a_compiled_decoder_keeps_the_tokens():
     prompt = np.random.default_rng(3).integers(0, 50, (1, 4)).astype(np.int32)
     base = generate(model, prompt, 12, temperature=0.0)
     apply_lora(model, r=4, targets=("c_attn", "c_fc"))
-    randomise_b(model, seed=4, scale=0.5)  # large enough to change greedy tokens whatever the init
+    randomise_b(model, seed=4, scale=0.5)  # at 0.1, 1 of 8 unseeded inits kept the greedy tokens; at 0.5, 0 of 8
     tuned = generate(model, prompt, 12, temperature=0.0)
     assert not (tuned == base).all()
     merge_lora(model)
